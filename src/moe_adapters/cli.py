@@ -1,0 +1,244 @@
+"""`moe-adapters`: one subcommand per workflow step, each runnable by hand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config
+
+
+def _config(args) -> dict:
+    overrides = {}
+    for item in getattr(args, "set", None) or []:
+        key, _, value = item.partition("=")
+        if not _:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        import yaml
+
+        node = overrides
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return load_config(args.config, overrides)
+
+
+def cmd_params(args) -> int:
+    from .ddas import Autoencoder
+    from .model import BackboneSpec, MoECLIP, create_backbone
+    from .moe import CIL_SPEC, MTIL_SPEC
+
+    spec = MTIL_SPEC if args.setting == "mtil" else CIL_SPEC
+    import torch
+
+    torch.manual_seed(0)
+    model = MoECLIP(create_backbone(BackboneSpec(args.model, True, None)), spec)
+    counts = model.parameter_counts()
+    ae_dim = _alexnet_conv5_dim(args.image_size or _image_size_of(model))
+    out = {
+        "total": counts["total"],
+        "moe": counts["moe"],
+        "expert_vision": counts["expert_vision"],
+        "expert_text": counts["expert_text"],
+        "router_per_task": counts["router_per_task"],
+        "autoencoder": sum(p.numel() for p in Autoencoder(ae_dim, 100).parameters()),
+        "backbone": counts["backbone"],
+        "setting": args.setting,
+    }
+    if args.setting == "cil":
+        out["autoencoder"] = 0  # the class-incremental setting has no DDAS
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k:>16}: {v:,}" if isinstance(v, int) else f"{k:>16}: {v}")
+    return 0
+
+
+def _image_size_of(model) -> int:
+    from .factory import image_size
+
+    return image_size(model)
+
+
+def _alexnet_conv5_dim(size: int) -> int:
+    from .ddas import build_feature_extractor, feature_dim
+
+    return feature_dim(build_feature_extractor("alexnet_random"), size)
+
+
+def cmd_metrics(args) -> int:
+    from .metrics import format_metrics, mtil_metrics, read_matrix_csv
+    from .protocol import load_protocol, order_datasets
+
+    names, acc = read_matrix_csv(args.matrix)
+    if args.order:
+        want = order_datasets(load_protocol(args.benchmark), args.order)
+        if names != want:
+            raise ValueError(
+                f"{args.matrix}: header {names} is not the dataset order of {args.order} ({want})"
+            )
+    if acc.shape[0] != len(names):
+        print(f"note: {acc.shape[0]} rows for {len(names)} datasets (an unfinished run?)", file=sys.stderr)
+    m = mtil_metrics(acc, names)
+    print(json.dumps(m) if args.json else format_metrics(m))
+    return 0
+
+
+def cmd_check_config(args) -> int:
+    cfg = _config(args)
+    print(json.dumps(cfg, indent=2))
+    return 0
+
+
+def cmd_train_task(args) -> int:
+    from .pipeline import train_task_step
+
+    train_task_step(
+        _config(args), args.task, args.out, args.prev, args.backbone_weights, not args.no_progress
+    )
+    return 0
+
+
+def cmd_train_autoencoder(args) -> int:
+    from .pipeline import train_autoencoder_step
+
+    train_autoencoder_step(_config(args), args.index, args.out, not args.no_progress)
+    return 0
+
+
+def cmd_features(args) -> int:
+    from .pipeline import features_step
+
+    features_step(_config(args), args.dataset, args.autoencoders, args.out, args.backbone_weights)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .factory import order_names
+    from .pipeline import evaluate_step
+
+    cfg = _config(args)
+    datasets = args.dataset or order_names(cfg)
+    feats = {}
+    for d in datasets:
+        feats[d] = str(Path(args.features_dir) / f"{d}.safetensors")
+    evaluate_step(cfg, args.out, args.checkpoint, feats, datasets, args.backbone_weights)
+    if args.print:
+        from .fsutil import read_json
+
+        for name, r in read_json(args.out)["results"].items():
+            print(f"{name:<16} {r['accuracy']:6.2f}%  batches per route: {r['batch_routes']}")
+    return 0
+
+
+def cmd_matrix(args) -> int:
+    from .pipeline import matrix_step
+
+    matrix_step(_config(args), args.evals, args.out, args.routing)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="moe-adapters", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp):
+        sp.add_argument("--config", "-c", help="run config YAML (default: all defaults, the paper)")
+        sp.add_argument(
+            "--set",
+            action="append",
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. train.iterations=10",
+        )
+
+    sp = sub.add_parser("params", help="parameter counts of a randomly initialised model")
+    sp.add_argument("--model", default="ViT-B-16")
+    sp.add_argument("--setting", choices=["mtil", "cil"], default="mtil")
+    sp.add_argument(
+        "--image-size", type=int, default=None, help="autoencoder input resolution (default: the model's)"
+    )
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_params)
+
+    sp = sub.add_parser("metrics", help="Transfer / Avg / Last from an accuracy matrix CSV")
+    sp.add_argument("matrix")
+    sp.add_argument("--order", help="check the header against this order of the protocol (order1, order2)")
+    sp.add_argument("--benchmark", default="mtil", choices=["mtil", "mini"])
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_metrics)
+
+    sp = sub.add_parser("check-config", help="validate a config and print it with every default filled in")
+    with_config(sp)
+    sp.set_defaults(func=cmd_check_config)
+
+    sp = sub.add_parser("train-task", help="train one task of the order from the previous task's checkpoint")
+    with_config(sp)
+    sp.add_argument("--task", type=int, required=True, help="index in the order (0-based)")
+    sp.add_argument("--prev", help="checkpoint of the previous task (none for task 0)")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--backbone-weights", help="pretrained weights file (overrides model.pretrained)")
+    sp.add_argument("--no-progress", action="store_true")
+    sp.set_defaults(func=cmd_train_task)
+
+    sp = sub.add_parser("train-autoencoder", help="train DDAS autoencoder K (0: generic data, K: task K-1)")
+    with_config(sp)
+    sp.add_argument("--index", type=int, required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--no-progress", action="store_true")
+    sp.set_defaults(func=cmd_train_autoencoder)
+
+    sp = sub.add_parser("features", help="zero-shot features and autoencoder errors of one test set")
+    with_config(sp)
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--autoencoders", nargs="+", required=True, help="autoencoders 0..T in index order")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--backbone-weights")
+    sp.set_defaults(func=cmd_features)
+
+    sp = sub.add_parser("evaluate", help="evaluate a task checkpoint (or zero-shot CLIP) with DDAS routing")
+    with_config(sp)
+    sp.add_argument("--checkpoint", help="task checkpoint; omit for zero-shot CLIP")
+    sp.add_argument("--features-dir", required=True, help="folder of <dataset>.safetensors from `features`")
+    sp.add_argument(
+        "--dataset", action="append", help="dataset to evaluate (repeatable; default: the whole order)"
+    )
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--backbone-weights")
+    sp.add_argument("--print", action="store_true", help="print accuracies and routes")
+    sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("matrix", help="accuracy matrix and routing table from per-task evaluations")
+    with_config(sp)
+    sp.add_argument("--evals", nargs="+", required=True, help="evaluation JSONs of tasks 0..T-1 in order")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--routing", required=True)
+    sp.set_defaults(func=cmd_matrix)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"moe-adapters {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        print(f"moe-adapters {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

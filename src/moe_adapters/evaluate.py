@@ -1,0 +1,183 @@
+"""Evaluation of one checkpoint on one dataset: template-ensembled text heads and DDAS routing (SPEC 5-6)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .ddas import Autoencoder, autoencoder_mse
+from .model import MoECLIP
+from .moe import ZERO_SHOT
+
+EVAL_LOGIT_SCALE = 100.0
+
+
+@torch.no_grad()
+def text_head(
+    model: MoECLIP,
+    tokenizer: Callable,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    route: int,
+    device: str | torch.device = "cpu",
+    chunk: int = 1024,
+) -> torch.Tensor:
+    """Class weights [C, D]: per class, the mean of the L2-normalised embeddings of all templates, renormalised."""
+    prompts = [t.format(c=c) for c in classnames for t in templates]
+    embs = []
+    for i in range(0, len(prompts), chunk):
+        tokens = tokenizer(prompts[i : i + chunk]).to(device)
+        embs.append(model.encode_text(tokens, route, normalize=True))
+    e = torch.cat(embs).view(len(classnames), len(templates), -1).mean(dim=1)
+    return e / e.norm(dim=-1, keepdim=True)
+
+
+@dataclass
+class DatasetResult:
+    """Accuracy on one test set and how its samples were routed."""
+
+    correct: int
+    total: int
+    routes: dict[int, int] = field(default_factory=dict)  # route -> number of samples
+    batch_routes: dict[int, int] = field(default_factory=dict)  # route -> number of batches
+
+    @property
+    def accuracy(self) -> float:
+        return 100.0 * self.correct / max(self.total, 1)
+
+    def to_json(self) -> dict:
+        return {
+            "accuracy": self.accuracy,
+            "correct": self.correct,
+            "total": self.total,
+            "routes": {str(k): v for k, v in sorted(self.routes.items())},
+            "batch_routes": {str(k): v for k, v in sorted(self.batch_routes.items())},
+        }
+
+
+def batch_route_counts(routes: torch.Tensor, batch_size: int) -> dict[int, int]:
+    """How many evaluation batches went to each route (per-sample routes, batch = consecutive samples)."""
+    c: Counter = Counter()
+    for i in range(0, len(routes), batch_size):
+        for r, n in Counter(routes[i : i + batch_size].tolist()).items():
+            c[int(r)] += n / len(routes[i : i + batch_size])
+    return {k: round(v, 6) if v != int(v) else int(v) for k, v in c.items()}
+
+
+@torch.no_grad()
+def routed_logits(
+    model: MoECLIP,
+    x: torch.Tensor,
+    routes: torch.Tensor,
+    heads: Callable[[int], torch.Tensor],
+    *,
+    device: str | torch.device = "cpu",
+    zero_shot_features: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Logits [B, C] of one batch; each sample uses the image route and text head of its route.
+
+    Samples routed to ZERO_SHOT use `zero_shot_features` [B, D] when given (computed once per test set).
+    """
+    logits = None
+    for route in routes.unique().tolist():
+        sel = (routes == route).nonzero(as_tuple=True)[0]
+        if route == ZERO_SHOT and zero_shot_features is not None:
+            feats = zero_shot_features[sel].to(device)
+        else:
+            feats = model.encode_image(x[sel].to(device), route, normalize=True)
+        part = EVAL_LOGIT_SCALE * feats @ heads(route).T
+        if logits is None:
+            logits = part.new_empty(len(routes), part.shape[1])
+        logits[sel.to(device)] = part
+    return logits
+
+
+def classify(
+    model: MoECLIP,
+    images: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    routes: torch.Tensor,
+    heads: Callable[[int], torch.Tensor],
+    *,
+    device: str | torch.device = "cpu",
+    zero_shot_features: torch.Tensor | None = None,
+) -> tuple[int, int]:
+    """Count correct top-1 predictions over a test set, batch by batch in test-set order."""
+    correct = total = 0
+    for x, y in images:
+        n = len(y)
+        zs = None if zero_shot_features is None else zero_shot_features[total : total + n]
+        logits = routed_logits(
+            model, x, routes[total : total + n], heads, device=device, zero_shot_features=zs
+        )
+        correct += int((logits.argmax(dim=1) == y.to(device)).sum())
+        total += n
+    return correct, total
+
+
+@torch.no_grad()
+def ddas_mse(
+    extractor: nn.Module,
+    autoencoders: Sequence[Autoencoder],
+    images: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Per-sample reconstruction error [N, K] of a test set under every autoencoder."""
+    out = [autoencoder_mse(extractor, list(autoencoders), x.to(device)).cpu() for x, _ in images]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def image_features(
+    model: MoECLIP, images: Iterable[tuple[torch.Tensor, torch.Tensor]], route: int, device="cpu"
+) -> torch.Tensor:
+    """Normalised image embeddings [N, D] of a test set through one route."""
+    return torch.cat([model.encode_image(x.to(device), route, normalize=True).cpu() for x, _ in images])
+
+
+def evaluate_dataset(
+    model: MoECLIP,
+    tokenizer: Callable,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    images: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    *,
+    routes: torch.Tensor | None = None,
+    force_route: int | None = None,
+    device: str | torch.device = "cpu",
+    zero_shot_features: torch.Tensor | None = None,
+    batch_size: int = 128,
+) -> DatasetResult:
+    """Accuracy of `model` on one test set, routing every sample by `routes` (DDAS) or `force_route`.
+
+    `images` returns a fresh iterable of (CLIP-normalised images, labels) batches in test-set order.
+    Text heads are built once per route actually used.
+    """
+    model.eval()
+    if routes is None:
+        if force_route is None:
+            raise ValueError("give DDAS routes or a route to force")
+        n = sum(len(y) for _, y in images())
+        routes = torch.full((n,), force_route, dtype=torch.long)
+    cache: dict[int, torch.Tensor] = {}
+
+    def heads(route: int) -> torch.Tensor:
+        if route not in cache:
+            cache[route] = text_head(model, tokenizer, classnames, templates, route, device)
+        return cache[route]
+
+    correct, total = classify(
+        model, images(), routes, heads, device=device, zero_shot_features=zero_shot_features
+    )
+    if total != len(routes):
+        raise ValueError(f"{len(routes)} routes for a test set of {total} images")
+    samples = Counter(routes.tolist())
+    return DatasetResult(
+        correct=correct,
+        total=total,
+        routes={int(k): v for k, v in samples.items()},
+        batch_routes=batch_route_counts(routes, batch_size),
+    )

@@ -1,0 +1,120 @@
+"""Transfer / Avg / Last from an accuracy matrix (MTIL) and Avg / Last for class-incremental runs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+import numpy as np
+
+
+def round1(x: float | None) -> float | None:
+    """Round half up to one decimal on the decimal representation, as tables in papers do."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return None
+    return float(Decimal(repr(float(x))).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP))
+
+
+def _check_matrix(acc: np.ndarray) -> np.ndarray:
+    acc = np.asarray(acc, dtype=np.float64)
+    if acc.ndim != 2 or acc.shape[0] < 1 or acc.shape[1] < 1:
+        raise ValueError(f"accuracy matrix must be 2-D and non-empty, got shape {acc.shape}")
+    if not np.all(np.isfinite(acc)):
+        raise ValueError("accuracy matrix holds a missing or non-finite value")
+    return acc
+
+
+def transfer_per_dataset(acc: np.ndarray) -> list[float | None]:
+    """Transfer of dataset j: mean of A[i][j] over tasks i < j (None for the first dataset)."""
+    acc = _check_matrix(acc)
+    out: list[float | None] = [None]
+    for j in range(1, acc.shape[1]):
+        rows = acc[: min(j, acc.shape[0]), j]
+        out.append(float(rows.mean()) if rows.size else None)
+    return out
+
+
+def avg_per_dataset(acc: np.ndarray) -> list[float]:
+    """Avg of dataset j: mean of its column over all rows."""
+    return [float(v) for v in _check_matrix(acc).mean(axis=0)]
+
+
+def last_per_dataset(acc: np.ndarray) -> list[float]:
+    """Last of dataset j: its accuracy after the final task."""
+    return [float(v) for v in _check_matrix(acc)[-1]]
+
+
+def mtil_metrics(acc: np.ndarray, names: Sequence[str]) -> dict:
+    """Per-dataset and mean Transfer / Avg / Last; means are taken before rounding, then rounded to 0.1."""
+    acc = _check_matrix(acc)
+    if len(names) != acc.shape[1]:
+        raise ValueError(f"{len(names)} dataset names for a matrix with {acc.shape[1]} columns")
+    tr, av, la = transfer_per_dataset(acc), avg_per_dataset(acc), last_per_dataset(acc)
+    tr_vals = [t for t in tr if t is not None]
+    return {
+        "transfer": round1(float(np.mean(tr_vals))) if tr_vals else None,
+        "avg": round1(float(np.mean(av))),
+        "last": round1(float(np.mean(la))),
+        "per_dataset": {
+            n: {"transfer": round1(t), "avg": round1(a), "last": round1(z)}
+            for n, t, a, z in zip(names, tr, av, la, strict=True)
+        },
+    }
+
+
+def cil_metrics(step_accuracies: Sequence[float]) -> dict:
+    """Class-incremental Avg (mean over steps of accuracy on all seen classes) and Last."""
+    a = np.asarray(step_accuracies, dtype=np.float64)
+    if a.ndim != 1 or a.size == 0 or not np.all(np.isfinite(a)):
+        raise ValueError("need a non-empty list of finite step accuracies")
+    return {"avg": round(float(a.mean()), 2), "last": round(float(a[-1]), 2), "steps": int(a.size)}
+
+
+def read_matrix_csv(path: str | Path) -> tuple[list[str], np.ndarray]:
+    """Read MATRIX.csv: a header of dataset names in training order, then one row per task (percent)."""
+    text = Path(path).read_text()
+    rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
+    if len(rows) < 2:
+        raise ValueError(f"{path}: needs a header row of dataset names and at least one row of accuracies")
+    header = [c.strip() for c in rows[0]]
+    if len(set(header)) != len(header):
+        raise ValueError(f"{path}: duplicate dataset names in the header")
+    values = []
+    for i, r in enumerate(rows[1:], start=2):
+        if len(r) != len(header):
+            raise ValueError(f"{path}: line {i} has {len(r)} values, the header has {len(header)} names")
+        try:
+            values.append([float(c) for c in r])
+        except ValueError as e:
+            raise ValueError(f"{path}: line {i}: {e}") from None
+    acc = np.asarray(values)
+    if np.any(acc < 0) or np.any(acc > 100):
+        raise ValueError(f"{path}: accuracies must be percentages in [0, 100]")
+    return header, acc
+
+
+def matrix_csv_text(names: Sequence[str], acc: np.ndarray) -> str:
+    """The CSV text of a matrix in the format read_matrix_csv reads (the caller writes it atomically)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(list(names))
+    for row in np.asarray(acc):
+        w.writerow([f"{v:.4f}" for v in row])
+    return buf.getvalue()
+
+
+def format_metrics(m: dict) -> str:
+    """A plain-text table: one line per dataset, then the mean."""
+
+    def f(v):
+        return "   -" if v is None else f"{v:5.1f}"
+
+    lines = [f"{'dataset':<16} {'Transfer':>8} {'Avg':>6} {'Last':>6}"]
+    for n, d in m["per_dataset"].items():
+        lines.append(f"{n:<16} {f(d['transfer']):>8} {f(d['avg']):>6} {f(d['last']):>6}")
+    lines.append(f"{'mean':<16} {f(m['transfer']):>8} {f(m['avg']):>6} {f(m['last']):>6}")
+    return "\n".join(lines)

@@ -1,0 +1,304 @@
+"""CLIP with a MoE adapter in every block of both towers; the route is an argument, never global state."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import open_clip
+import torch
+from open_clip.transformer import ResidualAttentionBlock, text_global_pool
+from torch import nn
+
+from .moe import ZERO_SHOT, MoELayer, MoESpec
+
+TOWERS = ("visual", "text")
+
+
+class MissingWeightsError(FileNotFoundError):
+    """Pretrained backbone weights are not on this machine."""
+
+
+def register_model_configs() -> None:
+    """Make the project's own open_clip model configs (the tiny test/mini models) known to open_clip."""
+    cfg_dir = resources.files("moe_adapters") / "model_configs"
+    open_clip.add_model_config(Path(str(cfg_dir)))
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Which open_clip model and weights the adapters sit on."""
+
+    name: str = "ViT-B-16"
+    quick_gelu: bool = True
+    pretrained: str | None = "openai"  # an open_clip tag, a local file, or None (random init)
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
+def _resolve_pretrained(spec: BackboneSpec) -> str | None:
+    """Return what open_clip should load, failing fast (no network) when weights are absent."""
+    if spec.pretrained is None:
+        return None
+    p = Path(os.path.expanduser(spec.pretrained))
+    if p.suffix in {".bin", ".pt", ".pth", ".safetensors"} or p.exists():
+        if not p.is_file():
+            raise MissingWeightsError(
+                f"backbone weights file {p} does not exist; put the {spec.name} weights there "
+                f"(see README, 'Backbone weights') or change model.pretrained in the config"
+            )
+        return str(p)
+    # An open_clip pretrained tag: only a pre-filled cache may satisfy it offline.
+    from open_clip.pretrained import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(spec.name, spec.pretrained)
+    if not cfg:
+        raise MissingWeightsError(f"open_clip knows no pretrained tag {spec.pretrained!r} for {spec.name}")
+    candidates: list[Path] = []
+    if cfg.get("url"):
+        candidates.append(Path("~/.cache/clip").expanduser() / os.path.basename(cfg["url"]))
+    hub = cfg.get("hf_hub", "").rstrip("/")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id = "/".join(hub.split("/")[:2])
+        for fname in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+            hit = try_to_load_from_cache(repo_id, fname)
+            if isinstance(hit, str):
+                candidates.append(Path(hit))
+    for c in candidates:
+        if c.is_file():
+            return str(c)
+    raise MissingWeightsError(
+        f"the {spec.name} '{spec.pretrained}' weights are not on this machine (looked in the Hugging Face "
+        f"cache for {hub or '-'} and in ~/.cache/clip). On a machine with internet run "
+        f"`python -c \"import open_clip; open_clip.create_model('{spec.name}', pretrained='{spec.pretrained}')\"` "
+        f"and copy ~/.cache/huggingface here, or set model.pretrained to a local weights file (README: Backbone weights)"
+    )
+
+
+def create_backbone(spec: BackboneSpec, device: str | torch.device = "cpu") -> open_clip.CLIP:
+    """Build the open_clip CLIP backbone (frozen, eval mode) from a spec, offline."""
+    register_model_configs()
+    weights = _resolve_pretrained(spec)
+    quiet = logging.getLogger().level
+    if weights is None:  # random weights are asked for: open_clip's warning about them is noise
+        logging.getLogger().setLevel(logging.ERROR)
+    try:
+        model = open_clip.create_model(
+            spec.name,
+            pretrained=weights,
+            force_quick_gelu=spec.quick_gelu,
+            device=device,
+            require_pretrained=weights is not None,
+        )
+    finally:
+        logging.getLogger().setLevel(quiet)
+    if not isinstance(model, open_clip.CLIP):
+        raise TypeError(f"{spec.name} is not a plain open_clip CLIP model ({type(model).__name__})")
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def backbone_fingerprint(clip: nn.Module) -> str:
+    """SHA-256 over the backbone's parameter names, shapes and values: its identity in checkpoints."""
+    h = hashlib.sha256()
+    for name, t in sorted(clip.state_dict().items()):
+        h.update(name.encode())
+        h.update(json.dumps(list(t.shape)).encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class MoECLIP(nn.Module):
+    """An open_clip CLIP whose every residual block carries a parallel MoE adapter."""
+
+    def __init__(self, clip: open_clip.CLIP, spec: MoESpec, backbone: BackboneSpec | None = None):
+        super().__init__()
+        for tower, blocks in (("visual", clip.visual.transformer), ("text", clip.transformer)):
+            if not blocks.batch_first:
+                raise TypeError(f"{tower} tower must be batch_first")
+            for b in blocks.resblocks:
+                if type(b) is not ResidualAttentionBlock:
+                    raise TypeError(f"{tower} blocks must be open_clip ResidualAttentionBlock, got {type(b)}")
+        self.clip = clip
+        self.spec = spec
+        self.backbone = backbone or BackboneSpec(pretrained=None)
+        self.visual_moe = nn.ModuleList(
+            MoELayer(clip.visual.transformer.width, spec) for _ in clip.visual.transformer.resblocks
+        )
+        self.text_moe = nn.ModuleList(
+            MoELayer(clip.transformer.width, spec) for _ in clip.transformer.resblocks
+        )
+        n_v, n_t = len(self.visual_moe), len(self.text_moe)
+        self.register_buffer("frozen_visual", torch.zeros(n_v, spec.num_experts, dtype=torch.bool))
+        self.register_buffer("frozen_text", torch.zeros(n_t, spec.num_experts, dtype=torch.bool))
+        self.batched_experts = True
+        self.truncate_text = True
+        self.eval_noise = False  # CIL reference quirk: gating noise stays on at test time
+        self._fingerprint: str | None = None
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = backbone_fingerprint(self.clip)
+        return self._fingerprint
+
+    def moe_layers(self, tower: str) -> nn.ModuleList:
+        return {"visual": self.visual_moe, "text": self.text_moe}[tower]
+
+    def frozen(self, tower: str) -> torch.Tensor:
+        return {"visual": self.frozen_visual, "text": self.frozen_text}[tower]
+
+    # ------------------------------------------------------------------ forward
+    def _noisy(self) -> bool:
+        return self.training or self.eval_noise
+
+    def _blocks(self, blocks, moe_layers, x, attn_mask, route, counts):
+        if route == ZERO_SHOT:
+            for blk in blocks:
+                x = blk(x, attn_mask=attn_mask)
+            return x
+        noisy = self._noisy()
+        for i, (blk, moe) in enumerate(zip(blocks, moe_layers, strict=True)):
+            x = x + blk.ls_1(blk.attention(q_x=blk.ln_1(x), attn_mask=attn_mask))
+            y = moe(x, route, noisy, None if counts is None else counts[i], self.batched_experts)
+            x = x + blk.ls_2(blk.mlp(blk.ln_2(x))) + y
+        return x
+
+    def _check_route(self, route: int) -> None:
+        if route != ZERO_SHOT and not 0 <= route < self.spec.num_routers:
+            raise ValueError(
+                f"route {route} is neither ZERO_SHOT nor a router in 0..{self.spec.num_routers - 1}"
+            )
+
+    def encode_image(
+        self, images: torch.Tensor, route: int, counts: torch.Tensor | None = None, normalize: bool = False
+    ) -> torch.Tensor:
+        """Image embeddings through router `route` (or ZERO_SHOT); `counts` [L, E] records selections."""
+        self._check_route(route)
+        v = self.clip.visual
+        x = v._embeds(images)
+        x = self._blocks(v.transformer.resblocks, self.visual_moe, x, None, route, counts)
+        pooled, _ = v._pool(x)
+        if v.proj is not None:
+            pooled = pooled @ v.proj
+        return nn.functional.normalize(pooled, dim=-1) if normalize else pooled
+
+    def encode_text(
+        self, tokens: torch.Tensor, route: int, counts: torch.Tensor | None = None, normalize: bool = False
+    ) -> torch.Tensor:
+        """Text embeddings; sequences are cut after the longest prompt's end token when truncate_text is on.
+
+        The cut is exact: the causal mask keeps later (padding) tokens from reaching the end token.
+        """
+        self._check_route(route)
+        c = self.clip
+        if self.truncate_text and c.text_pool_type == "argmax" and c.attn_mask is not None:
+            length = int(tokens.argmax(dim=-1).max()) + 1
+            tokens = tokens[:, :length]
+        n = tokens.shape[1]
+        cast = c.transformer.get_cast_dtype()
+        x = c.token_embedding(tokens).to(cast) + c.positional_embedding[:n].to(cast)
+        mask = c.attn_mask[:n, :n] if c.attn_mask is not None else None
+        x = self._blocks(c.transformer.resblocks, self.text_moe, x, mask, route, counts)
+        x = c.ln_final(x)
+        x = text_global_pool(x, tokens, c.text_pool_type, eos_token_id=getattr(c, "text_eos_id", None))
+        if c.text_projection is not None:
+            x = c.text_projection(x) if isinstance(c.text_projection, nn.Linear) else x @ c.text_projection
+        return nn.functional.normalize(x, dim=-1) if normalize else x
+
+    # ------------------------------------------------------------------ activate-freeze
+    def new_counts(self) -> dict[str, torch.Tensor]:
+        """Zeroed selection counters [layers, experts] per tower, on the model's device."""
+        dev = self.frozen_visual.device
+        return {
+            "visual": torch.zeros(len(self.visual_moe), self.spec.num_experts, dtype=torch.long, device=dev),
+            "text": torch.zeros(len(self.text_moe), self.spec.num_experts, dtype=torch.long, device=dev),
+        }
+
+    def set_trainable(self, task: int | None) -> list[nn.Parameter]:
+        """Freeze the backbone, frozen experts and other tasks' routers; return what task `task` trains.
+
+        `task=None` freezes everything (evaluation).
+        """
+        self.requires_grad_(False)
+        params: list[nn.Parameter] = []
+        if task is None:
+            return params
+        self._check_route(task)
+        if task == ZERO_SHOT:
+            raise ValueError("the zero-shot route has nothing to train")
+        for tower in TOWERS:
+            frozen = self.frozen(tower).cpu()
+            for layer, moe in enumerate(self.moe_layers(tower)):
+                for e, expert in enumerate(moe.experts):
+                    if not frozen[layer, e]:
+                        expert.requires_grad_(True)
+                        params.extend(expert.parameters())
+                for p in (moe.routers[task], moe.noise[task]):
+                    p.requires_grad_(True)
+                    params.append(p)
+        return params
+
+    def freeze_most_selected(self, counts: dict[str, torch.Tensor], per_layer: int = 2) -> None:
+        """Activate-freeze: the `per_layer` most selected experts of every layer and tower join the frozen set.
+
+        Ties go to the lower expert index; the frozen set only grows.
+        """
+        for tower in TOWERS:
+            c = counts[tower].cpu()
+            order = torch.sort(c, dim=1, descending=True, stable=True).indices[:, :per_layer]
+            frozen = self.frozen(tower)
+            frozen[
+                torch.arange(c.shape[0]).unsqueeze(1).expand_as(order).to(frozen.device),
+                order.to(frozen.device),
+            ] = True
+
+    # ------------------------------------------------------------------ state
+    def moe_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only what training changes: experts, routers, noise weights and the frozen set."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("clip.")}
+
+    def parameter_counts(self) -> dict[str, int]:
+        def n(mod: nn.Module) -> int:
+            return sum(p.numel() for p in mod.parameters())
+
+        e_v = n(self.visual_moe[0].experts[0])
+        e_t = n(self.text_moe[0].experts[0])
+        router = sum(
+            n_p.numel()
+            for moe in (*self.visual_moe, *self.text_moe)
+            for n_p in (moe.routers[0], moe.noise[0])
+        )
+        return {
+            "total": n(self),
+            "backbone": n(self.clip),
+            "moe": n(self.visual_moe) + n(self.text_moe),
+            "experts": sum(n(m.experts) for m in (*self.visual_moe, *self.text_moe)),
+            "expert_vision": e_v,
+            "expert_text": e_t,
+            "router_per_task": router,
+        }
+
+
+def build_model(backbone: BackboneSpec, spec: MoESpec, device: str | torch.device = "cpu") -> MoECLIP:
+    """Backbone plus freshly initialised adapters, on `device`."""
+    clip = create_backbone(backbone, device="cpu")
+    model = MoECLIP(clip, spec, backbone)
+    return model.to(device)
+
+
+def tokenizer_for(backbone: BackboneSpec):
+    """The open_clip tokenizer of the backbone (bundled vocabulary, no download)."""
+    register_model_configs()
+    return open_clip.get_tokenizer(backbone.name)

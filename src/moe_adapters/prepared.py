@@ -1,0 +1,174 @@
+"""The prepared-dataset format every benchmark is converted to: class names, templates, splits, eval cache.
+
+A prepared dataset is a folder:
+  meta.json          name, class names, templates, sizes, checksums of the arrays, how to read the train split
+  test_images.npy    uint8 [N, 3, S, S]: the test split after the deterministic eval geometry (resize, centre crop)
+  test_labels.npy    int64 [N]
+  train_images.npy   uint8 [M, H, W, 3] and train_labels.npy, when the train split is stored as an array
+The evaluation cache means a test image is decoded and resized once, however many checkpoints are evaluated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .data import ArrayImageDataset, TaskData, normalize_uint8
+from .fsutil import atomic_path, read_json, write_json
+
+FORMAT = "moe-adapters-prepared/1"
+
+
+class DataMissingError(FileNotFoundError):
+    """A dataset has not been prepared (or fetched) yet."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_array(path: Path, arr: np.ndarray) -> str:
+    """Write a .npy atomically and return its SHA-256."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+    return sha256_file(path)
+
+
+def write_prepared(
+    folder: str | Path,
+    *,
+    name: str,
+    classnames: list[str],
+    templates: list[str],
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    train_images: np.ndarray | None = None,
+    train_labels: np.ndarray | None = None,
+    train_source: dict | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Write a prepared dataset; meta.json is written last, so its presence means the folder is complete."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if test_images.dtype != np.uint8 or test_images.ndim != 4 or test_images.shape[1] != 3:
+        raise ValueError(
+            f"{name}: test images must be uint8 [N,3,S,S], got {test_images.dtype} {test_images.shape}"
+        )
+    sums = {
+        "test_images.npy": save_array(folder / "test_images.npy", test_images),
+        "test_labels.npy": save_array(folder / "test_labels.npy", np.asarray(test_labels, dtype=np.int64)),
+    }
+    if train_images is not None:
+        sums["train_images.npy"] = save_array(folder / "train_images.npy", train_images)
+        sums["train_labels.npy"] = save_array(
+            folder / "train_labels.npy", np.asarray(train_labels, dtype=np.int64)
+        )
+        train_source = {"kind": "array"}
+    if train_source is None:
+        raise ValueError(f"{name}: give train arrays or a train source")
+    write_json(
+        folder / "meta.json",
+        {
+            "format": FORMAT,
+            "name": name,
+            "classnames": list(classnames),
+            "templates": list(templates),
+            "num_test": int(len(test_images)),
+            "num_train": int(len(train_images))
+            if train_images is not None
+            else int(train_source.get("num_train", 0)),
+            "eval_size": int(test_images.shape[-1]),
+            "train": train_source,
+            "sha256": sums,
+            **(extra or {}),
+        },
+    )
+    return folder
+
+
+class PreparedDataset:
+    """Read access to a prepared dataset folder; arrays are memory-mapped."""
+
+    def __init__(self, folder: str | Path, verify: bool = False):
+        self.folder = Path(folder)
+        meta_path = self.folder / "meta.json"
+        if not meta_path.is_file():
+            raise DataMissingError(f"dataset {self.folder.name} is not prepared: {meta_path} is missing")
+        self.meta = read_json(meta_path)
+        if self.meta.get("format") != FORMAT:
+            raise ValueError(f"{meta_path}: unknown format {self.meta.get('format')!r}")
+        if verify:
+            self.verify()
+
+    def verify(self) -> None:
+        """Check every array against its recorded SHA-256."""
+        for fname, want in self.meta["sha256"].items():
+            have = sha256_file(self.folder / fname)
+            if have != want:
+                raise ValueError(
+                    f"{self.folder / fname}: checksum mismatch (have {have[:12]}, recorded {want[:12]})"
+                )
+
+    @property
+    def name(self) -> str:
+        return self.meta["name"]
+
+    def _load(self, fname: str) -> np.ndarray:
+        return np.load(self.folder / fname, mmap_mode="r", allow_pickle=False)
+
+    def test_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._load("test_images.npy"), self._load("test_labels.npy")
+
+    def test_batches(self, batch_size: int, device="cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """CLIP-normalised test batches in test-set order, from the uint8 eval cache."""
+        images, labels = self.test_arrays()
+        for i in range(0, len(labels), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(device)
+            yield normalize_uint8(x), torch.from_numpy(np.asarray(labels[i : i + batch_size]))
+
+    def train_dataset(self) -> Dataset:
+        kind = self.meta["train"]["kind"]
+        if kind == "array":
+            return ArrayImageDataset(self._load("train_images.npy"), self._load("train_labels.npy"))
+        if kind == "torchvision":
+            from .mtil_data import torchvision_train_split
+
+            return torchvision_train_split(self.meta)
+        raise ValueError(f"{self.folder}: unknown train source {kind!r}")
+
+    def task_data(self) -> TaskData:
+        images, labels = self.test_arrays()
+        test = _CacheDataset(images, labels)
+        return TaskData(
+            self.name,
+            list(self.meta["classnames"]),
+            list(self.meta["templates"]),
+            self.train_dataset(),
+            test,
+            self.meta,
+        )
+
+
+class _CacheDataset(Dataset):
+    """The eval cache as a dataset of PIL images (already at eval geometry)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return Image.fromarray(np.ascontiguousarray(self.images[i].transpose(1, 2, 0))), int(self.labels[i])
