@@ -91,13 +91,16 @@ def create_backbone(spec: BackboneSpec, device: str | torch.device = "cpu") -> o
     if weights is None:  # random weights are asked for: open_clip's warning about them is noise
         logging.getLogger().setLevel(logging.ERROR)
     try:
-        model = open_clip.create_model(
-            spec.name,
-            pretrained=weights,
-            force_quick_gelu=spec.quick_gelu,
-            device=device,
-            require_pretrained=weights is not None,
-        )
+        # Random weights are seeded, so every job of a run builds the same backbone.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = open_clip.create_model(
+                spec.name,
+                pretrained=weights,
+                force_quick_gelu=spec.quick_gelu,
+                device=device,
+                require_pretrained=weights is not None,
+            )
     finally:
         logging.getLogger().setLevel(quiet)
     if not isinstance(model, open_clip.CLIP):
@@ -114,14 +117,16 @@ def backbone_fingerprint(clip: nn.Module) -> str:
         h.update(name.encode())
         h.update(json.dumps(list(t.shape)).encode())
         h.update(str(t.dtype).encode())
-        h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
 class MoECLIP(nn.Module):
     """An open_clip CLIP whose every residual block carries a parallel MoE adapter."""
 
-    def __init__(self, clip: open_clip.CLIP, spec: MoESpec, backbone: BackboneSpec | None = None):
+    def __init__(
+        self, clip: open_clip.CLIP, spec: MoESpec, backbone: BackboneSpec | None = None, init_seed: int = 42
+    ):
         super().__init__()
         for tower, blocks in (("visual", clip.visual.transformer), ("text", clip.transformer)):
             if not blocks.batch_first:
@@ -132,12 +137,15 @@ class MoECLIP(nn.Module):
         self.clip = clip
         self.spec = spec
         self.backbone = backbone or BackboneSpec(pretrained=None)
-        self.visual_moe = nn.ModuleList(
-            MoELayer(clip.visual.transformer.width, spec) for _ in clip.visual.transformer.resblocks
-        )
-        self.text_moe = nn.ModuleList(
-            MoELayer(clip.transformer.width, spec) for _ in clip.transformer.resblocks
-        )
+        # Adapter initialisation is seeded, so every job and every machine starts from the same experts.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            self.visual_moe = nn.ModuleList(
+                MoELayer(clip.visual.transformer.width, spec) for _ in clip.visual.transformer.resblocks
+            )
+            self.text_moe = nn.ModuleList(
+                MoELayer(clip.transformer.width, spec) for _ in clip.transformer.resblocks
+            )
         n_v, n_t = len(self.visual_moe), len(self.text_moe)
         self.register_buffer("frozen_visual", torch.zeros(n_v, spec.num_experts, dtype=torch.bool))
         self.register_buffer("frozen_text", torch.zeros(n_t, spec.num_experts, dtype=torch.bool))

@@ -176,7 +176,7 @@ def train_task(
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", refresh=False)
         if on_step is not None:
-            on_step(it, float(loss))
+            on_step(it, float(loss.detach()))
         run.maybe_save(it + 1, total, model.moe_state_dict(), opt, {"counts": counts})
     if bar is not None:
         bar.close()
@@ -234,7 +234,7 @@ def train_autoencoder(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.5f}", refresh=False)

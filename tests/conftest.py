@@ -1,0 +1,138 @@
+"""Shared fixtures: CPU only, tiny sizes, temporary folders, no network."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from moe_adapters.model import BackboneSpec, build_model, tokenizer_for
+from moe_adapters.moe import MoESpec
+from moe_adapters.prepared import write_prepared
+
+torch.set_num_threads(2)
+
+TINY = BackboneSpec("tiny-clip", True, None)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def tiny_model():
+    torch.manual_seed(0)
+    return build_model(TINY, MoESpec(num_routers=3))
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return tokenizer_for(TINY)
+
+
+def toy_images(kind: str, n: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Small labelled image sets of clearly different appearance; the label sets a blob's quadrant."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, n)
+    base = np.zeros((n, size, size, 3), dtype=np.float32)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for i, lab in enumerate(labels):
+        if kind == "red":
+            img = np.stack(
+                [
+                    0.8 + 0.1 * rng.random((size, size)),
+                    0.1 * rng.random((size, size)),
+                    0.1 * rng.random((size, size)),
+                ],
+                -1,
+            )
+        elif kind == "green":
+            stripes = ((xx // 4) % 2).astype(np.float32)
+            img = np.stack([0.1 * stripes, 0.5 + 0.4 * stripes, 0.1 * stripes], -1)
+        elif kind == "blue":
+            img = np.stack(
+                [
+                    0.05 * rng.random((size, size)),
+                    0.05 * rng.random((size, size)),
+                    0.9 - 0.1 * rng.random((size, size)),
+                ],
+                -1,
+            )
+        elif kind == "noise":
+            img = rng.random((size, size, 3))
+        else:
+            raise ValueError(kind)
+        cy, cx = (lab // 2) * size // 2 + size // 4, (lab % 2) * size // 2 + size // 4
+        blob = ((yy - cy) ** 2 + (xx - cx) ** 2) < (size // 6) ** 2
+        img = img.copy()
+        img[blob] = 1.0 - img[blob]
+        base[i] = img
+    return (base * 255).round().astype(np.uint8), labels
+
+
+QUADRANTS = ["top left", "top right", "bottom left", "bottom right"]
+TEMPLATES = ["a photo with a blob at the {c}.", "a {c} blob."]
+
+
+def make_prepared(root, name: str, kind: str, n_train: int = 64, n_test: int = 40, seed: int = 0):
+    train, ytr = toy_images(kind, n_train, seed=seed)
+    test, yte = toy_images(kind, n_test, seed=seed + 1)
+    return write_prepared(
+        root / name,
+        name=name,
+        classnames=QUADRANTS,
+        templates=TEMPLATES,
+        test_images=np.ascontiguousarray(test.transpose(0, 3, 1, 2)),
+        test_labels=yte,
+        train_images=train,
+        train_labels=ytr,
+    )
+
+
+@pytest.fixture
+def toy_run(tmp_path):
+    """A complete tiny run: protocol, prepared datasets (two tasks, generic data, an unseen set) and a config."""
+    data = tmp_path / "data"
+    make_prepared(data, "Red", "red", seed=0)
+    make_prepared(data, "Green", "green", seed=10)
+    make_prepared(data, "Generic", "noise", seed=20)
+    make_prepared(data, "Blue", "blue", seed=30)
+    proto = {
+        "orders": {"order1": ["Red", "Green"]},
+        "datasets": {
+            name: {"classnames": QUADRANTS, "templates": TEMPLATES, "lr_full_shot": 0.01}
+            for name in ("Red", "Green", "Blue", "Generic")
+        },
+    }
+    (tmp_path / "protocol.yaml").write_text(yaml.safe_dump(proto))
+    cfg = {
+        "benchmark": "mini",
+        "protocol": str(tmp_path / "protocol.yaml"),
+        "data_root": str(data),
+        "results_dir": str(tmp_path / "results"),
+        "device": "cpu",
+        "model": {"name": "tiny-clip", "pretrained": None, "num_experts": 4},
+        "train": {"iterations": 8, "batch_size": 16, "warmup": 2, "checkpoint_every": 3, "num_workers": 0},
+        "ddas": {
+            "feature": "pixels",
+            "iterations_generic": 60,
+            "iterations": 60,
+            "threshold": 0.02,
+            "generic_dataset": "Generic",
+        },
+        "eval": {"batch_size": 8, "num_workers": 0},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return tmp_path, path

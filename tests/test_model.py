@@ -1,0 +1,83 @@
+"""The MoE CLIP against plain open_clip, routes, parameter counts."""
+
+import json
+
+import pytest
+import torch
+
+from moe_adapters.cli import main
+from moe_adapters.model import BackboneSpec, MoECLIP, create_backbone
+from moe_adapters.moe import CIL_SPEC, MTIL_SPEC, ZERO_SHOT
+
+
+@torch.no_grad()
+def test_every_route_of_a_fresh_model_equals_plain_clip(tiny_model, tokenizer):
+    m = tiny_model
+    m.eval()
+    m.truncate_text = False
+    images = torch.randn(4, 3, 32, 32)
+    tokens = tokenizer(["a photo of a cat.", "a diagram", "a photo of a very large dog in a park."])
+    ref_i = m.clip.encode_image(images)
+    ref_t = m.clip.encode_text(tokens)
+    for route in (ZERO_SHOT, 0, 1, 2):
+        assert torch.equal(m.encode_image(images, route), ref_i), route
+        assert torch.equal(m.encode_text(tokens, route), ref_t), route
+
+
+@torch.no_grad()
+def test_text_truncation_after_longest_prompt_is_exact(tiny_model, tokenizer):
+    m = tiny_model.eval()
+    tokens = tokenizer(["a cat.", "a photo of a very large dog in a park."])
+    m.truncate_text = False
+    full = m.encode_text(tokens, ZERO_SHOT)
+    m.truncate_text = True
+    cut = m.encode_text(tokens, ZERO_SHOT)
+    assert torch.allclose(full, cut, rtol=1e-5, atol=1e-6)
+
+
+@torch.no_grad()
+def test_zero_shot_route_bypasses_trained_adapters(tiny_model):
+    m = tiny_model.eval()
+    for p in m.visual_moe.parameters():
+        p.add_(torch.randn_like(p) * 0.5)
+    images = torch.randn(3, 3, 32, 32)
+    assert torch.equal(m.encode_image(images, ZERO_SHOT), m.clip.encode_image(images))
+    assert not torch.allclose(m.encode_image(images, 0), m.clip.encode_image(images))
+
+
+def test_unknown_route_is_refused(tiny_model):
+    with pytest.raises(ValueError, match="route 3"):
+        tiny_model.encode_image(torch.randn(1, 3, 32, 32), 3)
+
+
+@torch.no_grad()
+def test_vit_b16_zero_shot_and_fresh_routes_equal_open_clip():
+    torch.manual_seed(0)
+    clip = create_backbone(BackboneSpec("ViT-B-16", True, None))
+    m = MoECLIP(clip, MTIL_SPEC).eval()
+    m.set_trainable(None)
+    images = torch.randn(2, 3, 224, 224)
+    ref = clip.encode_image(images)
+    assert torch.equal(m.encode_image(images, ZERO_SHOT), ref)
+    assert torch.equal(m.encode_image(images, 10), ref)
+
+
+def test_paper_parameter_counts(capsys):
+    assert main(["params", "--model", "ViT-B-16", "--setting", "mtil", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["moe"] == 51_059_712
+    assert out["router_per_task"] == 675_840
+    assert out["expert_vision"] == 99_136
+    assert out["expert_text"] == 66_112
+    assert out["autoencoder"] == 8_696_164
+    assert out["total"] == 149_620_737 + 51_059_712
+    assert main(["params", "--model", "ViT-B-16", "--setting", "cil", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["moe"] == 4_027_392
+
+
+def test_expert_and_router_totals_split_as_in_spec():
+    clip = create_backbone(BackboneSpec("ViT-B-16", True, None))
+    c = MoECLIP(clip, MTIL_SPEC).parameter_counts()
+    assert c["experts"] == 43_625_472
+    assert c["moe"] - c["experts"] == 7_434_240
+    assert MoECLIP(clip, CIL_SPEC).parameter_counts()["moe"] == 4_027_392
