@@ -137,20 +137,20 @@ class MoELayer(nn.Module):
         """All chosen experts of all samples in two batched matmuls (one down, one up)."""
         B, N, d = x.shape
         k, r = self.spec.top_k, self.spec.bottleneck
+        idx = g.indices.reshape(-1)  # [B*k]; index_select has a much cheaper backward than fancy indexing
         w_down = torch.stack([e.down_proj.weight for e in self.experts])  # [E, r, d]
         b_down = torch.stack([e.down_proj.bias for e in self.experts])  # [E, r]
-        w_up = torch.stack([e.up_proj.weight for e in self.experts])  # [E, d, r]
+        w_up = torch.stack([e.up_proj.weight.T for e in self.experts])  # [E, r, d]
         b_up = torch.stack([e.up_proj.bias for e in self.experts])  # [E, d]
-        idx = g.indices
         # Down-projections of a sample's k experts side by side: [B, d, k*r].
-        wd = w_down[idx].reshape(B, k * r, d).transpose(1, 2)
-        h = torch.baddbmm(b_down[idx].reshape(B, 1, k * r), x, wd)
+        wd = w_down.index_select(0, idx).view(B, k * r, d).transpose(1, 2)
+        h = torch.baddbmm(b_down.index_select(0, idx).view(B, 1, k * r), x, wd)
         h = F.dropout(F.relu(h), p=self.spec.dropout, training=self.training)
         # Fold gate and scale into the hidden units, so one matmul sums the k experts.
         gs = g.weights * self.spec.scale  # [B, k]
-        h = (h.view(B, N, k, r) * gs.view(B, 1, k, 1)).reshape(B, N, k * r)
-        wu = w_up[idx].transpose(2, 3).reshape(B, k * r, d)
-        bias = (gs.unsqueeze(-1) * b_up[idx]).sum(1, keepdim=True)  # [B, 1, d]
+        h = (h.view(B, N, k, r) * gs.view(B, 1, k, 1)).view(B, N, k * r)
+        wu = w_up.index_select(0, idx).view(B, k * r, d)
+        bias = (gs.unsqueeze(-1) * b_up.index_select(0, idx).view(B, k, d)).sum(1, keepdim=True)  # [B, 1, d]
         return torch.baddbmm(bias, h, wu)
 
     def combine_dispatch(self, x: torch.Tensor, g: Gating) -> torch.Tensor:

@@ -145,7 +145,9 @@ def train_task(
     torch.manual_seed(cfg.seed)
     model.to(device)
     params = model.set_trainable(route)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(
+        params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, fused=True
+    )
     counts = model.new_counts()
     batches = task_batches(data, cfg)
     texts = tokenizer(data.prompts(0)).to(device)
@@ -218,7 +220,7 @@ def train_autoencoder(
     torch.manual_seed(cfg.seed)
     ae.to(device).train()
     extractor.to(device).eval()
-    opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     total = cfg.iterations + 1
     run = ResumableRun(state_path, {"kind": "autoencoder", "name": name, **asdict(cfg)}, cfg.checkpoint_every)
     start, _ = run.restore(ae, opt)
