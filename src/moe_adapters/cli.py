@@ -144,9 +144,49 @@ def cmd_matrix(args) -> int:
     return 0
 
 
+def cmd_prepare(args) -> int:
+    from .pipeline import prepare_step
+
+    prepare_step(_config(args), args.dataset, args.out)
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from .pipeline import pretrain_step
+
+    pretrain_step(_config(args), args.out, not args.no_progress)
+    return 0
+
+
+def cmd_backbone(args) -> int:
+    from .pipeline import backbone_step
+
+    backbone_step(_config(args), args.out)
+    return 0
+
+
+def cmd_table(args) -> int:
+    from .pipeline import table_step
+    from .results import format_table
+
+    table_step(_config(args), args.matrix, args.zero_shot, args.out)
+    if args.print:
+        print(format_table(args.out))
+    return 0
+
+
+def cmd_show(args) -> int:
+    from .results import format_table
+
+    for path in args.tables:
+        print(f"{path}\n{format_table(path)}\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="moe-adapters", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_config(sp):
@@ -214,6 +254,35 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--print", action="store_true", help="print accuracies and routes")
     sp.set_defaults(func=cmd_evaluate)
 
+    sp = sub.add_parser("prepare", help="prepare one dataset (mini: build it; paper: fetch, verify, split, cache)")
+    with_config(sp)
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--out", help="prepared folder (default: <data_root>/<dataset>)")
+    sp.set_defaults(func=cmd_prepare)
+
+    sp = sub.add_parser("pretrain", help="mini benchmark: pretrain the tiny CLIP on the captioned pool")
+    with_config(sp)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--no-progress", action="store_true")
+    sp.set_defaults(func=cmd_pretrain)
+
+    sp = sub.add_parser("backbone", help="check the backbone weights are here and record their identity")
+    with_config(sp)
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=cmd_backbone)
+
+    sp = sub.add_parser("table", help="the run's Transfer/Avg/Last table beside zero-shot CLIP and the paper")
+    with_config(sp)
+    sp.add_argument("--matrix", required=True)
+    sp.add_argument("--zero-shot", required=True, help="evaluation JSON of zero-shot CLIP")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--print", action="store_true")
+    sp.set_defaults(func=cmd_table)
+
+    sp = sub.add_parser("show", help="print result tables")
+    sp.add_argument("tables", nargs="+")
+    sp.set_defaults(func=cmd_show)
+
     sp = sub.add_parser("matrix", help="accuracy matrix and routing table from per-task evaluations")
     with_config(sp)
     sp.add_argument("--evals", nargs="+", required=True, help="evaluation JSONs of tasks 0..T-1 in order")
@@ -229,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError, KeyError) as e:

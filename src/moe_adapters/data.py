@@ -108,7 +108,7 @@ class SeededTransform(Dataset):
         index, seed = key
         img, label = self.base[index]
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed also seeds every device
             x = self.transform(img)
         return x, label
 

@@ -293,3 +293,72 @@ def matrix_step(
                 routing.append(f"{i},{names[i]},{n},{label},{count},{count / total:.4f}")
     write_text(out_matrix, matrix_csv_text(names, np.asarray(rows)))
     write_text(out_routing, "\n".join(routing) + "\n")
+
+
+def prepare_step(cfg: dict, dataset: str, out: str | Path | None = None) -> Path:
+    """Build (mini) or fetch, verify and split (paper) one dataset into the prepared format."""
+    out = Path(out) if out else Path(cfg["data_root"]) / dataset
+    if cfg["benchmark"] == "mini":
+        from . import mini
+        from .protocol import load_protocol
+
+        return mini.prepare(dataset, out, load_protocol("mini", cfg["protocol"]), factory.config_image_size(cfg))
+    from .mtil_data import prepare_dataset
+
+    return prepare_dataset(cfg, dataset, out)
+
+
+def pretrain_step(cfg: dict, out: str | Path, progress: bool = True) -> Path:
+    """Mini benchmark only: pretrain the tiny CLIP that stands in for OpenAI's weights."""
+    from .pretrain import pretrain
+
+    if cfg["benchmark"] != "mini":
+        raise ValueError("pretraining is part of the mini benchmark; the paper uses OpenAI's ViT-B/16 weights")
+    m = cfg["mini"]
+    info = pretrain(
+        factory.prepared_dataset(cfg, cfg["ddas"]["generic_dataset"]),
+        cfg["model"]["name"],
+        out,
+        iterations=m["pretrain_iterations"],
+        lr=m["pretrain_lr"],
+        batch_size=m["pretrain_batch_size"],
+        seed=cfg["train"]["seed"],
+        device=factory.resolve_device(cfg),
+        progress=progress,
+    )
+    log.info("pretrained %s: %s", out, info)
+    return Path(out)
+
+
+def backbone_step(cfg: dict, out: str | Path) -> Path:
+    """Resolve the backbone weights (failing fast if absent) and record their identity."""
+    start = time.time()
+    model = factory.model_from_config(cfg, "cpu")
+    write_json(
+        out,
+        {
+            **model.backbone.describe(),
+            "fingerprint": model.fingerprint,
+            "parameters": model.parameter_counts(),
+            "cost": cost(start, torch.device("cpu")),
+        },
+    )
+    return Path(out)
+
+
+def table_step(
+    cfg: dict, matrix: str | Path, zero_shot: str | Path, out: str | Path
+) -> Path:
+    """The run's table (CSV): ours, zero-shot CLIP, and the paper's numbers where the setting has them."""
+    from .metrics import read_matrix_csv
+    from .results import build_table, table_csv
+
+    names, acc = read_matrix_csv(matrix)
+    if acc.shape[0] != len(names):
+        raise ValueError(f"{matrix}: {acc.shape[0]} rows for {len(names)} tasks; the run is not complete")
+    zs = read_json(zero_shot)["results"]
+    rows = build_table(
+        names, acc, [zs[n]["accuracy"] for n in names], benchmark=cfg["benchmark"], order=cfg["order"], shots=cfg["shots"]
+    )
+    write_text(out, table_csv(names, rows))
+    return Path(out)

@@ -73,7 +73,8 @@ class ResumableRun:
         log.info("resuming %s from step %d", self.path, state["step"])
         return int(state["step"]), state.get("extra", {})
 
-    def maybe_save(self, step: int, total: int, module_state: dict, optimizer, extra: dict) -> None:
+    def maybe_save(self, step: int, total: int, module_state: Callable[[], dict], optimizer, extra: dict) -> None:
+        """Save after `step` steps when it is a multiple of `every` (module_state is only called then)."""
         if self.path is None or self.every <= 0 or step % self.every or step >= total:
             return
         save_torch(
@@ -81,7 +82,7 @@ class ResumableRun:
             {
                 "identity": self.identity,
                 "step": step,
-                "module": module_state,
+                "module": module_state(),
                 "optimizer": optimizer.state_dict(),
                 "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -179,7 +180,7 @@ def train_task(
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", refresh=False)
         if on_step is not None:
             on_step(it, float(loss.detach()))
-        run.maybe_save(it + 1, total, model.moe_state_dict(), opt, {"counts": counts})
+        run.maybe_save(it + 1, total, model.moe_state_dict, opt, {"counts": counts})
     if bar is not None:
         bar.close()
     model.eval()
@@ -240,7 +241,7 @@ def train_autoencoder(
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.5f}", refresh=False)
-        run.maybe_save(it + 1, total, ae.state_dict(), opt, {})
+        run.maybe_save(it + 1, total, ae.state_dict, opt, {})
     if bar is not None:
         bar.close()
     ae.eval()

@@ -1,0 +1,86 @@
+"""The Snakemake workflow: the paper DAG as planned, config rejection before any job, a reduced mini run."""
+
+import csv
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def snakemake(workdir, *args, timeout=900):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--workflow-profile", "none", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def job_counts(out: str) -> dict[str, int]:
+    block = out.split("Job stats:")[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
+
+
+def test_paper_dry_run_plans_the_whole_dag(tmp_path):
+    r = snakemake(tmp_path, "-n", "-p", "results/mtil_order1_table.csv")
+    assert r.returncode == 0, r.stderr + r.stdout
+    counts = job_counts(r.stdout)
+    assert counts["train_task"] == 11
+    assert counts["autoencoder"] == 12
+    assert counts["evaluate"] == 11 and counts["evaluate_zero_shot"] == 1
+    assert counts["features"] == 11
+    assert counts["prepare"] == 12  # 11 datasets and TinyImageNet, none present
+    # every task checkpoint is evaluated on all 11 test sets of the order
+    evals = [c for c in r.stdout.splitlines() if "moe-adapters" in c and " evaluate " in c and "--checkpoint" in c]
+    assert len(evals) == 11
+    assert {re.search(r"task_(\d+)\.safetensors", c).group(1) for c in evals} == {str(k) for k in range(11)}
+    blocks = [b for b in r.stdout.split("\n\n") if re.search(r"rule evaluate:", b)]
+    for b in blocks:
+        inputs = re.search(r"input: (.*)", b).group(1)
+        assert inputs.count("/features/") == 11
+    # Order II is a target of the same config
+    r2 = snakemake(tmp_path, "-n", "results/mtil_order2_table.csv")
+    assert r2.returncode == 0 and job_counts(r2.stdout)["train_task"] == 11
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [(["order=order9"], "'order'"), (["model={top_k: 50}"], "'model.top_k'"), (["train={iterationz: 3}"], "'train'")],
+)
+def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, override, key):
+    r = snakemake(tmp_path, "-n", "--config", *override)
+    assert r.returncode != 0
+    assert f"config key {key}" in r.stderr + r.stdout
+    assert not (tmp_path / "results").exists()
+
+
+def test_reduced_mini_run_through_snakemake(tmp_path):
+    proto = yaml.safe_load((REPO / "src/moe_adapters/protocol/mini.yaml").read_text())
+    proto["orders"] = {"order1": ["Textures", "Faces"]}
+    proto["datasets"] = {k: proto["datasets"][k] for k in ("Textures", "Faces")}
+    (tmp_path / "proto.yaml").write_text(yaml.safe_dump(proto))
+    cfg = yaml.safe_load((REPO / "config/mini.yaml").read_text())
+    cfg["protocol"] = str(tmp_path / "proto.yaml")
+    cfg["train"].update(iterations=6, checkpoint_every=0)
+    cfg["ddas"].update(iterations_generic=10, iterations=10)
+    cfg["mini"].update(pretrain_iterations=8)
+    (tmp_path / "mini.yaml").write_text(yaml.safe_dump(cfg))
+    r = snakemake(tmp_path, "--cores", "2", "--configfile", str(tmp_path / "mini.yaml"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = tmp_path / "results/mini/mini_order1_table.csv"
+    rows = list(csv.reader(table.open()))
+    assert rows[0] == ["method", "metric", "Textures", "Faces", "mean"]
+    assert [r[:2] for r in rows[1:]] == [
+        [m, k] for m in ("MoE-Adapters (ours)", "Zero-shot CLIP (ours)") for k in ("Transfer", "Avg", "Last")
+    ]
+    assert all(0 <= float(v) <= 100 for r in rows[1:] for v in r[2:] if v)
+    routing = list(csv.DictReader((tmp_path / "results/mini/mini_order1_routing.csv").open()))
+    assert {x["dataset"] for x in routing} == {"Textures", "Faces"}
+    assert (tmp_path / "results/mini/mini_order1/logs/train_task_1.log").exists()
+    # a second invocation has nothing to do
+    again = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(tmp_path / "mini.yaml"))
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
