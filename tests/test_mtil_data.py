@@ -484,6 +484,11 @@ def test_truncated_train_image_stops_prepare(cfg, pins):
     with pytest.raises(md.DecodeError, match=r"(?s)DTD: 1 train image\(s\) failed to decode.*banded_0000\.jpg"):
         md.prepare_dataset(cfg, "DTD", out, pins=pins, image_size=32)
     assert not (out / "meta.json").exists()
+    # nothing was trusted: once the copy is repaired, it prepares (no stale first-use record in the way)
+    assert not (md.raw_root(cfg) / "checksums" / "DTD.lock.json").exists()
+    jpeg(md.raw_root(cfg) / "DTD" / "dtd" / "dtd" / "images" / "banded" / "banded_0000.jpg", 0)
+    md.prepare_dataset(cfg, "DTD", out, pins=pins, image_size=32)
+    assert (out / "meta.json").is_file()
 
 
 # ------------------------------------------------------------ splits, sizes, few-shot

@@ -287,7 +287,7 @@ def _tree_manifest(name: str, root: Path, threads: int = 8) -> list[str]:
 
 
 def _verify_tree(name: str, spec: dict, raw: Path, lock: dict) -> dict:
-    """Hash the unpacked tree; the first result is recorded, every later one must match it file for file."""
+    """Hash the unpacked tree; every later result must match the first recorded one file for file."""
     root = raw / spec["tree"]
     for rel, md5 in (spec.get("tree_md5") or {}).items():
         if _md5(raw / rel) != md5:
@@ -306,15 +306,17 @@ def _verify_tree(name: str, spec: dict, raw: Path, lock: dict) -> dict:
             f"added, removed or changed; none was used):\n    {shown}\nRestore them, or delete "
             f"{_lock_path(raw)} and {manifest} to accept the new copy."
         )
-    if not rec:
-        write_text(manifest, text)
-    return {"sha256": digest, "files": len(lines), "manifest": manifest.name}
+    return {"sha256": digest, "files": len(lines), "manifest": manifest.name, "_text": None if rec else text}
 
 
 def fetch_and_verify(
     name: str, spec: dict, raw: Path, *, download: bool | None = None
 ) -> dict:
-    """Make the raw data present and verified (download if allowed, check sums, unpack); returns the checksums."""
+    """Make the raw data present and verified (download if allowed, check sums, unpack); returns the checksums.
+
+    Trust-on-first-use records are returned under "_record", for record_trust once the whole prepare succeeded:
+    an incomplete hand-placed copy that later checks reject is never recorded as the trusted one.
+    """
     pres = presence(spec, raw)
     if pres.missing:
         net = network_allowed(download)
@@ -332,18 +334,26 @@ def fetch_and_verify(
         if missing:
             raise DataMissingError(f"{name}: after unpacking, still missing under {raw}: {', '.join(missing)}")
     tree = _verify_tree(name, spec, raw, lock)
+    manifest_text = tree.pop("_text")
     pinned = {s["file"] for s in pres.needed if s.get("sha256")}
-    write_json(
-        _lock_path(raw),
-        {"dataset": name, "sources": {**lock["sources"], **sums}, "tree": {"sha256": tree["sha256"],
-                                                                            "files": tree["files"]}},
-    )
     return {
         "sources_sha256": sums,
         "pinned": sorted(pinned),
         "trust_on_first_use": sorted(set(sums) - pinned) + [f"tree:{spec['tree']}"],
         "tree": tree,
+        "_record": {
+            "lock": {"dataset": name, "sources": {**lock["sources"], **sums},
+                     "tree": {"sha256": tree["sha256"], "files": tree["files"]}},
+            "manifest": manifest_text,
+        },
     }
+
+
+def record_trust(raw: Path, record: dict) -> None:
+    """Write the lock (SHA-256 of every source, digest of the tree) and, the first time, the tree's manifest."""
+    if record["manifest"] is not None:
+        write_text(raw.parent / "checksums" / f"{raw.name}.manifest.sha256", record["manifest"])
+    write_json(_lock_path(raw), record["lock"])
 
 
 # ---------------------------------------------------------------- readers (torchvision, md5 already checked)
@@ -640,6 +650,7 @@ def prepare_dataset(
     raw = raw_root(cfg) / dataset
     out = Path(out)
     checks = fetch_and_verify(dataset, spec, raw, download=download)
+    record = checks.pop("_record")
 
     split = spec["split"]
     if split["kind"] == "random_split":
@@ -710,6 +721,7 @@ def prepare_dataset(
             "full_size": len(train_src),
             "num_train": len(train_idx),
         }
+        record_trust(raw, record)  # every check passed: this copy is the trusted one from now on
         write_prepared(
             out,
             name=dataset,
