@@ -56,7 +56,7 @@ def test_kill_and_resume_is_bit_identical(toy_run, kind):
     if kind == "task":
         cmd = lambda out: train_cmd(cfg_path, out)  # noqa: E731
     else:
-        cmd = lambda out: [
+        cmd = lambda out: [  # noqa: E731
             sys.executable,
             "-m",
             "moe_adapters.cli",
@@ -68,7 +68,7 @@ def test_kill_and_resume_is_bit_identical(toy_run, kind):
             "--out",
             str(out),
             "--no-progress",
-        ]  # noqa: E731
+        ]
     ref = root / "ref.safetensors"
     subprocess.run(cmd(ref), check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     out = root / "killed.safetensors"
