@@ -20,7 +20,7 @@ from .checkpoint import (
     save_task_checkpoint,
     save_tensors,
 )
-from .config import config_hash, deviations
+from .config import code_commit, config_hash, deviations
 from .data import TrainBatches, train_transform
 from .ddas import decide_routes
 from .evaluate import ddas_mse, evaluate_dataset, image_features
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 def _record(cfg: dict) -> dict:
-    return {"config_hash": config_hash(cfg), "deviations": deviations(cfg)}
+    return {"config_hash": config_hash(cfg), "commit": code_commit(), "deviations": deviations(cfg)}
 
 
 def _peak_memory(device: torch.device) -> int | None:
