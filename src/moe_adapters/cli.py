@@ -156,7 +156,20 @@ def cmd_matrix(args) -> int:
 def cmd_prepare(args) -> int:
     from .pipeline import prepare_step
 
-    prepare_step(_config(args), args.dataset, args.out)
+    cfg = _config(args)
+    if args.download:
+        os.environ["MOE_ADAPTERS_DOWNLOAD"] = "1"
+    if args.check_all:
+        if cfg["benchmark"] != "mtil":
+            raise ConfigError("--check-all checks the paper's raw data (benchmark: mtil)")
+        from .mtil_data import check_all
+
+        for name, state in check_all(cfg, [args.dataset] if args.dataset else None).items():
+            print(f"{name:<14} {state}")
+        return 0
+    if not args.dataset:
+        raise ConfigError("prepare needs --dataset (or --check-all)")
+    prepare_step(cfg, args.dataset, args.out)
     return 0
 
 
@@ -312,8 +325,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("prepare", help="prepare one dataset (mini: build it; paper: fetch, verify, split, cache)")
     with_config(sp)
-    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--dataset", help="dataset to prepare (with --check-all: only check this one)")
     sp.add_argument("--out", help="prepared folder (default: <data_root>/<dataset>)")
+    sp.add_argument(
+        "--check-all",
+        action="store_true",
+        help="check the raw data of every paper dataset at once (no network); one message lists all that is missing",
+    )
+    sp.add_argument(
+        "--download",
+        action="store_true",
+        help="paper datasets: download what torchvision can fetch (needs network; HF_HUB_OFFLINE must not be 1)",
+    )
     sp.set_defaults(func=cmd_prepare)
 
     sp = sub.add_parser("pretrain", help="mini benchmark: pretrain the tiny CLIP on the captioned pool")
@@ -386,8 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
+    if not getattr(args, "download", False):  # nothing reaches the network unless a download is asked for
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

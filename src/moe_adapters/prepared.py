@@ -5,12 +5,14 @@ A prepared dataset is a folder:
   test_images.npy    uint8 [N, 3, S, S]: the test split after the deterministic eval geometry (resize, centre crop)
   test_labels.npy    int64 [N]
   train_images.npy   uint8 [M, H, W, 3] and train_labels.npy, when the train split is stored as an array
+  *.npy              further arrays (split index lists, few-shot index lists), each with its SHA-256 in meta.json
 The evaluation cache means a test image is decoded and resized once, however many checkpoints are evaluated.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,24 +52,42 @@ def write_prepared(
     name: str,
     classnames: list[str],
     templates: list[str],
-    test_images: np.ndarray,
+    test_images: np.ndarray | Path,
     test_labels: np.ndarray,
     train_images: np.ndarray | None = None,
     train_labels: np.ndarray | None = None,
     train_source: dict | None = None,
     extra: dict | None = None,
+    extra_arrays: dict[str, np.ndarray] | None = None,
 ) -> Path:
-    """Write a prepared dataset; meta.json is written last, so its presence means the folder is complete."""
+    """Write a prepared dataset; meta.json is written last, so its presence means the folder is complete.
+
+    `test_images` may be a finished .npy file (a large eval cache written in place); it is moved into the folder.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    cache_file = Path(test_images) if isinstance(test_images, (str, Path)) else None
+    if cache_file is not None:
+        test_images = np.load(cache_file, mmap_mode="r", allow_pickle=False)
     if test_images.dtype != np.uint8 or test_images.ndim != 4 or test_images.shape[1] != 3:
         raise ValueError(
             f"{name}: test images must be uint8 [N,3,S,S], got {test_images.dtype} {test_images.shape}"
         )
-    sums = {
-        "test_images.npy": save_array(folder / "test_images.npy", test_images),
-        "test_labels.npy": save_array(folder / "test_labels.npy", np.asarray(test_labels, dtype=np.int64)),
-    }
+    if len(test_labels) != len(test_images):
+        raise ValueError(f"{name}: {len(test_images)} test images but {len(test_labels)} labels")
+    if cache_file is not None:
+        shape = test_images.shape
+        del test_images
+        os.replace(cache_file, folder / "test_images.npy")
+        sums = {"test_images.npy": sha256_file(folder / "test_images.npy")}
+    else:
+        shape = test_images.shape
+        sums = {"test_images.npy": save_array(folder / "test_images.npy", test_images)}
+    sums["test_labels.npy"] = save_array(folder / "test_labels.npy", np.asarray(test_labels, dtype=np.int64))
+    for fname, arr in (extra_arrays or {}).items():
+        if fname in sums or not fname.endswith(".npy") or "/" in fname:
+            raise ValueError(f"{name}: bad extra array name {fname!r}")
+        sums[fname] = save_array(folder / fname, np.asarray(arr))
     if train_images is not None:
         sums["train_images.npy"] = save_array(folder / "train_images.npy", train_images)
         sums["train_labels.npy"] = save_array(
@@ -83,11 +103,11 @@ def write_prepared(
             "name": name,
             "classnames": list(classnames),
             "templates": list(templates),
-            "num_test": int(len(test_images)),
+            "num_test": int(shape[0]),
             "num_train": int(len(train_images))
             if train_images is not None
             else int(train_source.get("num_train", 0)),
-            "eval_size": int(test_images.shape[-1]),
+            "eval_size": int(shape[-1]),
             "train": train_source,
             "sha256": sums,
             **(extra or {}),
@@ -143,7 +163,7 @@ class PreparedDataset:
         if kind == "torchvision":
             from .mtil_data import torchvision_train_split
 
-            return torchvision_train_split(self.meta)
+            return torchvision_train_split(self.meta, self.folder)
         raise ValueError(f"{self.folder}: unknown train source {kind!r}")
 
     def task_data(self) -> TaskData:

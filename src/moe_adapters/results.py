@@ -309,7 +309,7 @@ def format_table(path) -> str:
     """A fixed-width text rendering of a table CSV (what the mini benchmark prints at the end)."""
     header, rows = read_table(path)
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).rjust(w) if i > 1 else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))) for r in [header, *rows]]
+    lines = ["  ".join(str(c).rjust(w) if i > 1 else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False))) for r in [header, *rows]]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
 
