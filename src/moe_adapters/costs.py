@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+import torch
 
 from .checkpoint import read_metadata
 from .fsutil import read_json
@@ -22,6 +25,29 @@ COLUMNS = (
     "commit",
 )
 STAGES = ("pretraining", "backbone", "training", "autoencoders", "evaluation")
+
+
+def peak_memory(device: torch.device) -> int | None:
+    """Peak memory of this process so far: the CUDA allocator's peak on a GPU, the maximum resident set on a CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    except Exception:  # pragma: no cover - platform without resource
+        return None
+
+
+def cost(start: float, device: torch.device | str, trainable: int | None = None) -> dict:
+    """Wall time since `start`, peak memory and device of a step, recorded in its outputs."""
+    device = torch.device(device)
+    return {
+        "wall_seconds": round(time.time() - start, 3),
+        "peak_memory_bytes": peak_memory(device),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        **({"trainable_parameters": trainable} if trainable is not None else {}),
+    }
 
 
 def cost_row(stage: str, item: str, meta: dict) -> dict:

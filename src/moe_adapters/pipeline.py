@@ -21,6 +21,7 @@ from .checkpoint import (
     save_tensors,
 )
 from .config import code_commit, config_hash, deviations
+from .costs import cost
 from .data import TrainBatches, train_transform
 from .ddas import decide_routes
 from .evaluate import ddas_mse, evaluate_dataset, image_features
@@ -35,27 +36,6 @@ log = logging.getLogger(__name__)
 
 def _record(cfg: dict) -> dict:
     return {"config_hash": config_hash(cfg), "commit": code_commit(), "deviations": deviations(cfg)}
-
-
-def _peak_memory(device: torch.device) -> int | None:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    try:
-        import resource
-
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-    except Exception:  # pragma: no cover - platform without resource
-        return None
-
-
-def cost(start: float, device: torch.device, trainable: int | None = None) -> dict:
-    """Wall time, peak memory and device of a step, recorded in its outputs."""
-    return {
-        "wall_seconds": round(time.time() - start, 3),
-        "peak_memory_bytes": _peak_memory(device),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        **({"trainable_parameters": trainable} if trainable is not None else {}),
-    }
 
 
 def train_task_step(
@@ -325,6 +305,7 @@ def pretrain_step(cfg: dict, out: str | Path, progress: bool = True) -> Path:
         seed=cfg["train"]["seed"],
         device=factory.resolve_device(cfg),
         progress=progress,
+        extra=_record(cfg),
     )
     log.info("pretrained %s: %s", out, info)
     return Path(out)
@@ -471,12 +452,12 @@ def ledger_step(
     if len(tables) != len(costs):
         raise ValueError(f"{len(tables)} tables but {len(costs)} cost files: give one cost file per table")
     rows, runs = [], []
-    for table, cost in zip(tables, costs, strict=True):
+    for table, cost_file in zip(tables, costs, strict=True):
         run = table_run(table)
-        if Path(cost).parent.name != run:
-            raise ValueError(f"{cost} is not the cost file of run {run} (expected .../{run}/costs.csv)")
+        if Path(cost_file).parent.name != run:
+            raise ValueError(f"{cost_file} is not the cost file of run {run} (expected .../{run}/costs.csv)")
         header, body = read_table(table)
-        rows += ledger_rows(run, header, body, read_costs(cost))
+        rows += ledger_rows(run, header, body, read_costs(cost_file))
         runs.append(run)
     write_text(out, ledger_markdown(rows, runs))
     if csv_out is not None:
