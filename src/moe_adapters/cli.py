@@ -191,7 +191,7 @@ def cmd_table(args) -> int:
     from .pipeline import table_step
     from .results import format_table
 
-    table_step(_config(args), args.matrix, args.zero_shot, args.out, args.markdown, args.costs)
+    table_step(_config(args), args.matrix, args.zero_shot, args.out, args.markdown, args.costs, args.metrics_json)
     if args.print:
         print(format_table(args.out))
     return 0
@@ -357,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="the table as CSV")
     sp.add_argument("--markdown", help="also write the table for people (Markdown, with the matrix and cost)")
     sp.add_argument("--costs", help="the run's costs.csv, shown in the Markdown table")
+    sp.add_argument("--metrics-json", help="also write metrics.json: means and per dataset, zero-shot CLIP's means")
     sp.add_argument("--print", action="store_true")
     sp.set_defaults(func=cmd_table)
 

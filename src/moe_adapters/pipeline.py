@@ -334,11 +334,13 @@ def table_step(
     out: str | Path,
     markdown: str | Path | None = None,
     costs: str | Path | None = None,
+    metrics_json: str | Path | None = None,
 ) -> Path:
-    """The run's table: CSV for machines, and Markdown for people (with the matrix and, given its costs, the cost)."""
+    """The run's table: CSV for machines, Markdown for people (with the matrix and, given its costs, the cost),
+    and metrics.json (means and per-dataset values, as `moe-adapters metrics --json`, plus zero-shot CLIP)."""
     from .costs import read_costs
     from .metrics import read_matrix_csv
-    from .results import build_table, run_name, table_csv, table_markdown
+    from .results import build_table, run_metrics, run_name, table_csv, table_markdown
 
     names, acc = read_matrix_csv(matrix)
     if acc.shape[0] != len(names):
@@ -349,6 +351,8 @@ def table_step(
         names, acc, [zs[n]["accuracy"] for n in names], benchmark=cfg["benchmark"], order=cfg["order"], shots=cfg["shots"]
     )
     write_text(out, table_csv(names, rows))
+    if metrics_json is not None:
+        write_json(metrics_json, run_metrics(names, acc, [zs[n]["accuracy"] for n in names]))
     if markdown is not None:
         cost_rows = read_costs(costs) if costs is not None else None
         text = table_markdown(

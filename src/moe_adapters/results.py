@@ -83,6 +83,20 @@ def paper_rows(section: dict, method: str, names: Sequence[str]) -> list[list] |
     return rows
 
 
+def zero_shot_matrix(zero_shot: Sequence[float], n_tasks: int) -> np.ndarray:
+    """Zero-shot CLIP as an accuracy matrix: it never trains, so every row is its zero-shot accuracy."""
+    return np.tile(np.asarray(zero_shot, dtype=float), (n_tasks, 1))
+
+
+def run_metrics(names: Sequence[str], acc: np.ndarray, zero_shot: Sequence[float] | None = None) -> dict:
+    """metrics.json of a run: `moe-adapters metrics --json` of its matrix, plus zero-shot CLIP's means."""
+    out = mtil_metrics(acc, names)
+    if zero_shot is not None:
+        zs = mtil_metrics(zero_shot_matrix(zero_shot, len(names)), names)
+        out["zero_shot"] = {k: zs[k] for k in METRICS}
+    return out
+
+
 def build_table(
     names: Sequence[str],
     acc: np.ndarray,
@@ -94,7 +108,7 @@ def build_table(
 ) -> list[list]:
     """The rows of a run's table: ours, zero-shot CLIP (ours), and, where published, the paper and the difference."""
     ours = mtil_metrics(acc, names)
-    zs = mtil_metrics(np.tile(np.asarray(zero_shot, dtype=float), (len(names), 1)), names)
+    zs = mtil_metrics(zero_shot_matrix(zero_shot, len(names)), names)
     rows = _rows("MoE-Adapters (ours)", ours, names) + _rows("Zero-shot CLIP (ours)", zs, names)
     key = paper_key(benchmark, order, shots)
     section = paper_numbers().get(key, {}) if key else {}

@@ -118,7 +118,8 @@ def run_results(run):
     n = len(run_info(run)["datasets"])
     figures = [f"{R}/{run}/figures/{name}.png" for name in ("accuracy_matrix", "accuracy_per_dataset", "routing")]
     experts = [f"{R}/{run}/figures/experts_task_{k}.png" for k in range(n)]
-    tables = [f"{R}/{run}_table.csv", f"{R}/{run}_table.md", f"{R}/{run}/costs.csv", f"{R}/{run}/config.yaml"]
+    tables = [f"{R}/{run}_table.csv", f"{R}/{run}_table.md", f"{R}/{run}/metrics.json", f"{R}/{run}/costs.csv"]
+    tables.append(f"{R}/{run}/config.yaml")
     return [*tables, *figures, *experts]
 
 

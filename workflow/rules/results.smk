@@ -96,6 +96,13 @@ rule table:
             subcategory="{run}",
             labels={"table": "Transfer / Avg / Last, matrix, cost (Markdown)"},
         ),
+        metrics=report(
+            f"{R}/{{run}}/metrics.json",
+            caption="../report/metrics.rst",
+            category="Accuracy tables",
+            subcategory="{run}",
+            labels={"table": "means and per dataset (metrics.json)"},
+        ),
     log:
         f"{R}/{{run}}/logs/table.log",
     params:
@@ -103,7 +110,8 @@ rule table:
         config_hash=run_config_hash,
     shell:
         "{MOE} table -c {EFF} {params.run} --matrix {input.matrix} --zero-shot {input.zero_shot} "
-        "--costs {input.costs} --out {output.table} --markdown {output.markdown} > {log} 2>&1"
+        "--costs {input.costs} --out {output.table} --markdown {output.markdown} --metrics-json {output.metrics} "
+        "> {log} 2>&1"
 
 
 rule ledger:
