@@ -107,10 +107,14 @@ def task_checkpoints(wildcards):
     return [f"{R}/{wildcards.run}/checkpoints/task_{k}.safetensors" for k in range(n)]
 
 
-def run_config_hash(wildcards):
+def config_hash_of(run):
     """The hash every output of a run records (the validated config with the run's order and shots)."""
-    info = run_info(wildcards.run)
+    info = run_info(run)
     return config_hash(validate_config(deep_merge(CFG, {"order": info["order"], "shots": info["shots"]})))
+
+
+def run_config_hash(wildcards):
+    return config_hash_of(wildcards.run)
 
 
 def run_results(run):
@@ -129,7 +133,8 @@ def ledger_runs():
     return sorted({run_name()} | {r for r in present if re.fullmatch(RUN_RE, r)})
 
 
-LEDGER = "REPRODUCIBILITY.md"
+# Beside the runs, not inside one: it spans every run of the benchmark present.
+LEDGER = f"{R}/REPRODUCIBILITY.md"
 
 
 def default_target():

@@ -136,6 +136,7 @@ rule ledger:
         f"{R}/logs/ledger.log",
     params:
         runs=ledger_runs(),
+        configs=[f"{run}: {config_hash_of(run)}" for run in ledger_runs()],
     shell:
         "{MOE} ledger --tables {input.tables} --costs {input.costs} --out {output.ledger} "
         "--csv {output.csv} --rst {output.headline} > {log} 2>&1"
