@@ -188,7 +188,7 @@ def cmd_backbone(args) -> int:
 
 
 def cmd_table(args) -> int:
-    from .pipeline import table_step
+    from .reporting import table_step
     from .results import format_table
 
     table_step(_config(args), args.matrix, args.zero_shot, args.out, args.markdown, args.costs, args.metrics_json)
@@ -198,7 +198,7 @@ def cmd_table(args) -> int:
 
 
 def cmd_costs(args) -> int:
-    from .pipeline import costs_step
+    from .reporting import costs_step
 
     costs_step(
         args.out,
@@ -213,7 +213,7 @@ def cmd_costs(args) -> int:
 
 
 def cmd_figures(args) -> int:
-    from .pipeline import figures_step
+    from .reporting import figures_step
 
     figures_step(
         _config(args),
@@ -228,14 +228,14 @@ def cmd_figures(args) -> int:
 
 
 def cmd_expert_figure(args) -> int:
-    from .pipeline import expert_figure_step
+    from .reporting import expert_figure_step
 
     expert_figure_step(_config(args), args.checkpoint, args.out)
     return 0
 
 
 def cmd_ledger(args) -> int:
-    from .pipeline import ledger_step
+    from .reporting import ledger_step
 
     ledger_step(args.tables, args.costs, args.out, args.csv, args.rst)
     if args.print:

@@ -8,11 +8,12 @@ import io
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from .checkpoint import read_metadata
 from .fsutil import read_json
+
+if TYPE_CHECKING:
+    import torch
 
 COLUMNS = (
     "stage",
@@ -29,6 +30,8 @@ STAGES = ("pretraining", "backbone", "training", "autoencoders", "evaluation")
 
 def peak_memory(device: torch.device) -> int | None:
     """Peak memory of this process so far: the CUDA allocator's peak on a GPU, the maximum resident set on a CPU."""
+    import torch
+
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     try:
@@ -41,6 +44,8 @@ def peak_memory(device: torch.device) -> int | None:
 
 def cost(start: float, device: torch.device | str, trainable: int | None = None) -> dict:
     """Wall time since `start`, peak memory and device of a step, recorded in its outputs."""
+    import torch
+
     device = torch.device(device)
     return {
         "wall_seconds": round(time.time() - start, 3),
@@ -77,6 +82,8 @@ def collect_costs(
     evaluations: Sequence[str | Path] = (),
 ) -> list[dict]:
     """Every step's cost, in the order the workflow runs them."""
+    from .checkpoint import read_metadata
+
     rows = []
     if pretrained is not None:
         meta = read_metadata(pretrained)
