@@ -221,3 +221,19 @@ def test_report_opens_in_headless_chromium_with_no_failed_request(report, run, t
         with Image.open(png) as im:
             assert im.size == (1400, 1000)
             assert len(im.convert("L").getcolors(1 << 16)) > 50, f"{png.name} is blank"
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="needs Chromium (Debian: apt-get install chromium; .ci/run installs it)")
+def test_the_browser_check_sees_a_cdn_request_and_a_broken_image(tmp_path):
+    """The harness itself: what the report test asserts empty is not empty for a page that needs the network."""
+    page = tmp_path / "page.html"
+    page.write_text(
+        '<html><body><script src="https://cdn.example.org/lib.js"></script>'
+        '<img src="missing.png"><p>hello</p></body></html>'
+    )
+    with Chromium(find_chromium(), tmp_path / "profile") as browser:
+        browser.open(page.as_uri())
+        requested = set(browser.requests.values())
+        failed = {url for url, _ in browser.failed}
+    assert "https://cdn.example.org/lib.js" in requested and "https://cdn.example.org/lib.js" in failed
+    assert (tmp_path / "missing.png").as_uri() in failed
