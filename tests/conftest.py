@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -15,6 +17,8 @@ import yaml
 from moe_adapters.model import BackboneSpec, build_model, tokenizer_for
 from moe_adapters.moe import MoESpec
 from moe_adapters.prepared import write_prepared
+
+from .workflow_helpers import snakemake, write_reduced_mini
 
 torch.set_num_threads(2)
 
@@ -136,3 +140,23 @@ def toy_run(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return tmp_path, path
+
+
+@dataclass
+class WorkflowRun:
+    workdir: Path
+    config: Path
+    returncode: int
+    log: str
+
+    def check(self) -> None:
+        assert self.returncode == 0, self.log[-3000:]
+
+
+@pytest.fixture(scope="session")
+def reduced_mini_run(tmp_path_factory) -> WorkflowRun:
+    """The reduced mini benchmark run once through Snakemake, shared by the workflow and report tests."""
+    tmp = tmp_path_factory.mktemp("reduced_mini")
+    cfg = write_reduced_mini(tmp)
+    r = snakemake(tmp, "--cores", "2", "--configfile", str(cfg))
+    return WorkflowRun(tmp, cfg, r.returncode, r.stderr + r.stdout)

@@ -1,23 +1,11 @@
 """The Snakemake workflow: the paper DAG as planned, config rejection before any job, a reduced mini run."""
 
 import csv
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def snakemake(workdir, *args, timeout=900):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--workflow-profile", "none", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+from .workflow_helpers import snakemake
 
 
 def job_counts(out: str) -> dict[str, int]:
@@ -58,19 +46,9 @@ def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, override, key)
     assert not (tmp_path / "results").exists()
 
 
-def test_reduced_mini_run_through_snakemake(tmp_path):
-    proto = yaml.safe_load((REPO / "src/moe_adapters/protocol/mini.yaml").read_text())
-    proto["orders"] = {"order1": ["Textures", "Faces"]}
-    proto["datasets"] = {k: proto["datasets"][k] for k in ("Textures", "Faces")}
-    (tmp_path / "proto.yaml").write_text(yaml.safe_dump(proto))
-    cfg = yaml.safe_load((REPO / "config/mini.yaml").read_text())
-    cfg["protocol"] = str(tmp_path / "proto.yaml")
-    cfg["train"].update(iterations=6, checkpoint_every=0)
-    cfg["ddas"].update(iterations_generic=10, iterations=10)
-    cfg["mini"].update(pretrain_iterations=8)
-    (tmp_path / "mini.yaml").write_text(yaml.safe_dump(cfg))
-    r = snakemake(tmp_path, "--cores", "2", "--configfile", str(tmp_path / "mini.yaml"))
-    assert r.returncode == 0, r.stderr[-3000:]
+def test_reduced_mini_run_through_snakemake(reduced_mini_run):
+    reduced_mini_run.check()
+    tmp_path = reduced_mini_run.workdir
     table = tmp_path / "results/mini/mini_order1_table.csv"
     rows = list(csv.reader(table.open()))
     assert rows[0] == ["method", "metric", "Textures", "Faces", "mean"]
@@ -82,5 +60,5 @@ def test_reduced_mini_run_through_snakemake(tmp_path):
     assert {x["dataset"] for x in routing} == {"Textures", "Faces"}
     assert (tmp_path / "results/mini/mini_order1/logs/train_task_1.log").exists()
     # a second invocation has nothing to do
-    again = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(tmp_path / "mini.yaml"))
+    again = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(reduced_mini_run.config))
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -63,6 +63,18 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return obj, {}
 
 
+def read_metadata(path: str | Path) -> dict:
+    """The metadata of a safetensors file without reading its tensors (costs and provenance of big files)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return _meta_from_str(f.metadata() or {})
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
+
+
 def safe_torch_load(path: str | Path):
     """torch.load restricted to tensors and plain containers; anything that would run code is refused."""
     try:

@@ -92,7 +92,16 @@ def cmd_metrics(args) -> int:
 
 def cmd_check_config(args) -> int:
     cfg = _config(args)
-    print(json.dumps(cfg, indent=2))
+    if args.out:
+        import yaml
+
+        from .config import config_hash
+        from .fsutil import write_text
+
+        header = f"# validated run config, hash {config_hash(cfg)} (every default filled in)\n"
+        write_text(args.out, header + yaml.safe_dump(cfg, sort_keys=False))
+    else:
+        print(json.dumps(cfg, indent=2))
     return 0
 
 
@@ -179,12 +188,58 @@ def cmd_backbone(args) -> int:
 
 
 def cmd_table(args) -> int:
-    from .pipeline import table_step
+    from .reporting import table_step
     from .results import format_table
 
-    table_step(_config(args), args.matrix, args.zero_shot, args.out)
+    table_step(_config(args), args.matrix, args.zero_shot, args.out, args.markdown, args.costs, args.metrics_json)
     if args.print:
         print(format_table(args.out))
+    return 0
+
+
+def cmd_costs(args) -> int:
+    from .reporting import costs_step
+
+    costs_step(
+        args.out,
+        backbone=args.backbone,
+        pretrained=args.pretrained,
+        checkpoints=args.checkpoints,
+        autoencoders=args.autoencoders,
+        features=args.features,
+        evaluations=args.evaluations,
+    )
+    return 0
+
+
+def cmd_figures(args) -> int:
+    from .reporting import figures_step
+
+    figures_step(
+        _config(args),
+        args.matrix,
+        args.zero_shot,
+        args.routing,
+        matrix_figure=args.matrix_figure,
+        curves_figure=args.curves_figure,
+        routing_figure=args.routing_figure,
+    )
+    return 0
+
+
+def cmd_expert_figure(args) -> int:
+    from .reporting import expert_figure_step
+
+    expert_figure_step(_config(args), args.checkpoint, args.out)
+    return 0
+
+
+def cmd_ledger(args) -> int:
+    from .reporting import ledger_step
+
+    ledger_step(args.tables, args.costs, args.out, args.csv, args.rst)
+    if args.print:
+        print(Path(args.out).read_text())
     return 0
 
 
@@ -229,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("check-config", help="validate a config and print it with every default filled in")
     with_config(sp)
+    sp.add_argument("--out", help="write it as YAML to this file instead of printing JSON")
     sp.set_defaults(func=cmd_check_config)
 
     sp = sub.add_parser("train-task", help="train one task of the order from the previous task's checkpoint")
@@ -298,9 +354,47 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(sp)
     sp.add_argument("--matrix", required=True)
     sp.add_argument("--zero-shot", required=True, help="evaluation JSON of zero-shot CLIP")
-    sp.add_argument("--out", required=True)
+    sp.add_argument("--out", required=True, help="the table as CSV")
+    sp.add_argument("--markdown", help="also write the table for people (Markdown, with the matrix and cost)")
+    sp.add_argument("--costs", help="the run's costs.csv, shown in the Markdown table")
+    sp.add_argument("--metrics-json", help="also write metrics.json: means and per dataset, zero-shot CLIP's means")
     sp.add_argument("--print", action="store_true")
     sp.set_defaults(func=cmd_table)
+
+    sp = sub.add_parser("costs", help="collect every step's wall time, peak memory, device and trainable parameters")
+    sp.add_argument("--backbone", help="backbone.json of the `backbone` step")
+    sp.add_argument("--pretrained", help="mini: the pretrained tiny CLIP (its pretraining time)")
+    sp.add_argument("--checkpoints", nargs="*", default=[], help="task checkpoints (training)")
+    sp.add_argument("--autoencoders", nargs="*", default=[], help="DDAS autoencoders")
+    sp.add_argument("--features", nargs="*", default=[], help="per-test-set features (evaluation)")
+    sp.add_argument("--evaluations", nargs="*", default=[], help="evaluation JSONs, zero-shot included")
+    sp.add_argument("--out", required=True, help="costs.csv")
+    sp.set_defaults(func=cmd_costs)
+
+    sp = sub.add_parser("figures", help="accuracy matrix heatmap, accuracy per dataset across tasks, DDAS routing")
+    with_config(sp)
+    sp.add_argument("--matrix", required=True)
+    sp.add_argument("--zero-shot", required=True, help="evaluation JSON of zero-shot CLIP")
+    sp.add_argument("--routing", required=True, help="the run's routing CSV")
+    sp.add_argument("--matrix-figure", required=True, help="PNG: the accuracy matrix")
+    sp.add_argument("--curves-figure", required=True, help="PNG: each dataset's accuracy after every task")
+    sp.add_argument("--routing-figure", required=True, help="PNG: share of each dataset's batches per route")
+    sp.set_defaults(func=cmd_figures)
+
+    sp = sub.add_parser("expert-figure", help="selection counts of the experts of every layer during one task")
+    with_config(sp)
+    sp.add_argument("--checkpoint", required=True, help="the task's checkpoint")
+    sp.add_argument("--out", required=True, help="PNG")
+    sp.set_defaults(func=cmd_expert_figure)
+
+    sp = sub.add_parser("ledger", help="REPRODUCIBILITY.md: paper value beside ours for every setting present")
+    sp.add_argument("--tables", nargs="+", required=True, help="result tables <run>_table.csv")
+    sp.add_argument("--costs", nargs="+", required=True, help="the runs' costs.csv, in the order of --tables")
+    sp.add_argument("--out", required=True, help="the ledger (Markdown)")
+    sp.add_argument("--csv", help="also write the ledger as CSV")
+    sp.add_argument("--rst", help="also write its headline as reStructuredText (the report's first page)")
+    sp.add_argument("--print", action="store_true")
+    sp.set_defaults(func=cmd_ledger)
 
     sp = sub.add_parser("show", help="print result tables")
     sp.add_argument("tables", nargs="+")

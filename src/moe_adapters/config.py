@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import subprocess
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -109,6 +111,24 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 def config_hash(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@cache
+def code_commit() -> str:
+    """The git commit of this code (short hash, "-dirty" with uncommitted changes), recorded with every result."""
+    here = str(Path(__file__).resolve().parent)
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", here, *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit or "unknown"
 
 
 # ---------------------------------------------------------------- derived values

@@ -20,7 +20,8 @@ from .checkpoint import (
     save_task_checkpoint,
     save_tensors,
 )
-from .config import config_hash, deviations
+from .config import code_commit, config_hash, deviations
+from .costs import cost
 from .data import TrainBatches, train_transform
 from .ddas import decide_routes
 from .evaluate import ddas_mse, evaluate_dataset, image_features, text_head
@@ -34,28 +35,7 @@ log = logging.getLogger(__name__)
 
 
 def _record(cfg: dict) -> dict:
-    return {"config_hash": config_hash(cfg), "deviations": deviations(cfg)}
-
-
-def _peak_memory(device: torch.device) -> int | None:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    try:
-        import resource
-
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-    except Exception:  # pragma: no cover - platform without resource
-        return None
-
-
-def cost(start: float, device: torch.device, trainable: int | None = None) -> dict:
-    """Wall time, peak memory and device of a step, recorded in its outputs."""
-    return {
-        "wall_seconds": round(time.time() - start, 3),
-        "peak_memory_bytes": _peak_memory(device),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        **({"trainable_parameters": trainable} if trainable is not None else {}),
-    }
+    return {"config_hash": config_hash(cfg), "commit": code_commit(), "deviations": deviations(cfg)}
 
 
 def train_task_step(
@@ -332,6 +312,7 @@ def pretrain_step(cfg: dict, out: str | Path, progress: bool = True) -> Path:
         seed=cfg["train"]["seed"],
         device=factory.resolve_device(cfg),
         progress=progress,
+        extra=_record(cfg),
     )
     log.info("pretrained %s: %s", out, info)
     return Path(out)
@@ -350,22 +331,4 @@ def backbone_step(cfg: dict, out: str | Path) -> Path:
             "cost": cost(start, torch.device("cpu")),
         },
     )
-    return Path(out)
-
-
-def table_step(
-    cfg: dict, matrix: str | Path, zero_shot: str | Path, out: str | Path
-) -> Path:
-    """The run's table (CSV): ours, zero-shot CLIP, and the paper's numbers where the setting has them."""
-    from .metrics import read_matrix_csv
-    from .results import build_table, table_csv
-
-    names, acc = read_matrix_csv(matrix)
-    if acc.shape[0] != len(names):
-        raise ValueError(f"{matrix}: {acc.shape[0]} rows for {len(names)} tasks; the run is not complete")
-    zs = read_json(zero_shot)["results"]
-    rows = build_table(
-        names, acc, [zs[n]["accuracy"] for n in names], benchmark=cfg["benchmark"], order=cfg["order"], shots=cfg["shots"]
-    )
-    write_text(out, table_csv(names, rows))
     return Path(out)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import save_tensors
+from .costs import cost
 from .data import TrainBatches, train_transform
 from .model import BackboneSpec, MoECLIP, create_backbone, tokenizer_for
 from .moe import ZERO_SHOT, MoESpec
@@ -33,8 +34,10 @@ def pretrain(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    extra: dict | None = None,
 ) -> dict:
-    """Train every backbone weight from random initialisation; save an open_clip state dict (safetensors)."""
+    """Train every backbone weight from random initialisation; save an open_clip state dict (safetensors) whose
+    metadata records the run (held-out accuracy, cost) and `extra` (provenance: config hash, commit)."""
     start = time.time()
     torch.manual_seed(seed)
     spec = BackboneSpec(model_name, True, None)
@@ -76,8 +79,10 @@ def pretrain(
         bar.close()
     clip.eval()
     acc = _pool_accuracy(model, pool, tok, captions, device)
-    info = {"iterations": iterations, "held_out_accuracy": acc, "wall_seconds": round(time.time() - start, 2)}
-    save_tensors(out, {k: v for k, v in clip.state_dict().items()}, {"kind": "backbone", "model": model_name, **info})
+    step_cost = cost(start, torch.device(device), sum(p.numel() for p in params))
+    info = {"iterations": iterations, "held_out_accuracy": acc, "wall_seconds": step_cost["wall_seconds"]}
+    meta = {"kind": "backbone", "model": model_name, **info, "cost": step_cost, **(extra or {})}
+    save_tensors(out, {k: v for k, v in clip.state_dict().items()}, meta)
     return info
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from snakemake.exceptions import WorkflowError
 
-from moe_adapters.config import ConfigError, config_hash, validate_config
+from moe_adapters.config import ConfigError, config_hash, deep_merge, validate_config
 from moe_adapters.protocol import load_protocol, order_datasets
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -102,8 +102,43 @@ def evaluations(wildcards):
     return [f"{R}/{wildcards.run}/eval/task_{k}.json" for k in range(n)]
 
 
+def task_checkpoints(wildcards):
+    n = len(datasets(wildcards))
+    return [f"{R}/{wildcards.run}/checkpoints/task_{k}.safetensors" for k in range(n)]
+
+
+def config_hash_of(run):
+    """The hash every output of a run records (the validated config with the run's order and shots)."""
+    info = run_info(run)
+    return config_hash(validate_config(deep_merge(CFG, {"order": info["order"], "shots": info["shots"]})))
+
+
+def run_config_hash(wildcards):
+    return config_hash_of(wildcards.run)
+
+
+def run_results(run):
+    """What a finished run offers a reader: tables (CSV, Markdown), cost, its config, and figures."""
+    n = len(run_info(run)["datasets"])
+    figures = [f"{R}/{run}/figures/{name}.png" for name in ("accuracy_matrix", "accuracy_per_dataset", "routing")]
+    experts = [f"{R}/{run}/figures/experts_task_{k}.png" for k in range(n)]
+    tables = [f"{R}/{run}_table.csv", f"{R}/{run}_table.md", f"{R}/{run}/metrics.json", f"{R}/{run}/costs.csv"]
+    tables.append(f"{R}/{run}/config.yaml")
+    return [*tables, *figures, *experts]
+
+
+def ledger_runs():
+    """The runs in the ledger: the config's own run and every other run whose table is present."""
+    present = {p.name.removesuffix("_table.csv") for p in Path(R).glob("*_table.csv")}
+    return sorted({run_name()} | {r for r in present if re.fullmatch(RUN_RE, r)})
+
+
+# Beside the runs, not inside one: it spans every run of the benchmark present.
+LEDGER = f"{R}/REPRODUCIBILITY.md"
+
+
 def default_target():
-    return f"{R}/{run_name()}_table.csv"
+    return [*run_results(run_name()), LEDGER, f"{R}/ledger.rst"]
 
 
 # The CLI of the Python running Snakemake, so jobs use the same environment whatever PATH says.

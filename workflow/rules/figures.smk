@@ -1,0 +1,61 @@
+# Figures of a run: the accuracy matrix, each dataset's accuracy across tasks, DDAS routing (from the matrix,
+# the zero-shot evaluation and the routing table), and per task the selection counts of the experts.
+
+
+rule figures:
+    input:
+        matrix=rules.matrix.output.matrix,
+        routing=rules.matrix.output.routing,
+        zero_shot=rules.evaluate_zero_shot.output.evaluation,
+    output:
+        matrix=report(
+            f"{R}/{{run}}/figures/accuracy_matrix.png",
+            caption="../report/accuracy_matrix.rst",
+            category="Figures",
+            subcategory="{run}",
+            labels={"figure": "accuracy matrix"},
+        ),
+        curves=report(
+            f"{R}/{{run}}/figures/accuracy_per_dataset.png",
+            caption="../report/accuracy_per_dataset.rst",
+            category="Figures",
+            subcategory="{run}",
+            labels={"figure": "accuracy per dataset across tasks"},
+        ),
+        routing=report(
+            f"{R}/{{run}}/figures/routing.png",
+            caption="../report/routing.rst",
+            category="Figures",
+            subcategory="{run}",
+            labels={"figure": "routing (DDAS)"},
+        ),
+    log:
+        f"{R}/{{run}}/logs/figures.log",
+    params:
+        run=run_args,
+        config_hash=run_config_hash,
+    shell:
+        "{MOE} figures -c {EFF} {params.run} --matrix {input.matrix} --zero-shot {input.zero_shot} "
+        "--routing {input.routing} --matrix-figure {output.matrix} --curves-figure {output.curves} "
+        "--routing-figure {output.routing} > {log} 2>&1"
+
+
+rule expert_figure:
+    input:
+        checkpoint=f"{R}/{{run}}/checkpoints/task_{{k}}.safetensors",
+    output:
+        figure=report(
+            f"{R}/{{run}}/figures/experts_task_{{k}}.png",
+            caption="../report/experts.rst",
+            category="Figures",
+            subcategory="{run}",
+            labels=lambda w: {"figure": f"expert selection, task {int(w.k):02d}: {task_dataset(w.run, w.k)}"},
+        ),
+    log:
+        f"{R}/{{run}}/logs/expert_figure_{{k}}.log",
+    params:
+        run=run_args,
+        config_hash=run_config_hash,
+    shell:
+        "{MOE} expert-figure -c {EFF} {params.run} --checkpoint {input.checkpoint} --out {output.figure} "
+        "> {log} 2>&1"
