@@ -18,7 +18,7 @@ from moe_adapters.model import BackboneSpec, build_model, tokenizer_for
 from moe_adapters.moe import MoESpec
 from moe_adapters.prepared import write_prepared
 
-from .workflow_helpers import snakemake, write_reduced_mini
+from .workflow_helpers import reduced_mini_repo
 
 torch.set_num_threads(2)
 
@@ -155,8 +155,8 @@ class WorkflowRun:
 
 @pytest.fixture(scope="session")
 def reduced_mini_run(tmp_path_factory) -> WorkflowRun:
-    """The reduced mini benchmark run once through Snakemake, shared by the workflow and report tests."""
-    tmp = tmp_path_factory.mktemp("reduced_mini")
-    cfg = write_reduced_mini(tmp)
-    r = snakemake(tmp, "--cores", "2", "--configfile", str(cfg))
-    return WorkflowRun(tmp, cfg, r.returncode, r.stderr + r.stdout)
+    """The reduced mini benchmark, run once by `dvc repro mini` (hence through Snakemake) in a git repository
+    holding a copy of the project; shared by the workflow, report and DVC tests."""
+    root = tmp_path_factory.mktemp("reduced_mini")
+    repo, r = reduced_mini_repo(root, root / "remote")
+    return WorkflowRun(repo, repo / "config/mini.yaml", r.returncode, r.stderr + r.stdout)

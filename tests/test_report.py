@@ -55,7 +55,7 @@ def expected_rows(r):
 def test_every_result_a_reader_needs_is_there(run):
     r, evaluation = run
     for path in [
-        r / f"{RUN}_table.csv", r / f"{RUN}_table.md", r / RUN / "metrics.json", r / RUN / "costs.csv",
+        r / f"{RUN}_table.csv", r / f"{RUN}_table.md", r / f"{RUN}_metrics.json", r / RUN / "costs.csv",
         r / RUN / "config.yaml", r / "REPRODUCIBILITY.md", r / "ledger.csv",
     ]:
         assert path.is_file() and path.stat().st_size > 0, path
@@ -82,7 +82,7 @@ def test_tables_match_the_matrix_they_came_from(run):
     assert "no published numbers: the mini benchmark is this project's own" in md
     assert "(paper)" not in md
 
-    metrics = json.loads((r / RUN / "metrics.json").read_text())
+    metrics = json.loads((r / f"{RUN}_metrics.json").read_text())
     ours = mtil_metrics(acc, names)
     assert {k: metrics[k] for k in ("transfer", "avg", "last", "per_dataset")} == ours
     assert [fmt(metrics[k]) for k in ("transfer", "avg", "last")] == [want[("MoE-Adapters (ours)", m)][-1] for m in ("Transfer", "Avg", "Last")]
@@ -165,7 +165,7 @@ def test_report_is_self_contained_with_every_result_and_its_config(report, run):
     assert [u for u in tags.urls if not u[1].startswith(("data:", "#"))] == []  # no CDN, no file beside it
     results = report_results(html)
     want = {
-        f"{RUN}_table.csv", f"{RUN}_table.md", f"{RUN}/metrics.json", f"{RUN}/matrix.csv", f"{RUN}_routing.csv",
+        f"{RUN}_table.csv", f"{RUN}_table.md", f"{RUN}_metrics.json", f"{RUN}/matrix.csv", f"{RUN}_routing.csv",
         f"{RUN}/costs.csv", f"{RUN}/config.yaml", "REPRODUCIBILITY.md", "ledger.csv",
         *[f"{RUN}/figures/{f}.png" for f in FIGURES],
     }
@@ -179,7 +179,7 @@ def test_report_is_self_contained_with_every_result_and_its_config(report, run):
 @pytest.mark.skipif(find_chromium() is None, reason="needs Chromium (Debian: apt-get install chromium; .ci/run installs it)")
 def test_report_opens_in_headless_chromium_with_no_failed_request(report, run, tmp_path):
     r, evaluation = run
-    metrics = json.loads((r / RUN / "metrics.json").read_text())
+    metrics = json.loads((r / f"{RUN}_metrics.json").read_text())
     with Chromium(find_chromium(), tmp_path / "profile") as browser:
         browser.open(report.as_uri())
         first = browser.wait_for("typeof app !== 'undefined' && document.querySelector('#app').innerText")

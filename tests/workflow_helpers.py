@@ -1,8 +1,9 @@
-"""Running the Snakemake workflow from tests: the command line, and the reduced mini run's config."""
+"""Running the workflow from tests: Snakemake and DVC command lines, project copies, the reduced mini run."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,24 +14,76 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
-def snakemake(workdir, *args, timeout=900) -> subprocess.CompletedProcess:
-    """Run the repository's workflow in `workdir` with this Python (so jobs import the code under test)."""
+def tool_env(workdir: Path | None = None) -> dict[str, str]:
+    """Offline, this Python's tools first on PATH; a project copy's own code when `workdir` holds one."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--workflow-profile", "none", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if workdir is not None and (Path(workdir) / "src/moe_adapters").is_dir():
+        env["PYTHONPATH"] = str(Path(workdir) / "src")  # so that editing the copy is what its jobs run
+    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    return env
 
 
-def write_reduced_mini(tmp: Path) -> Path:
-    """The mini benchmark cut to two tasks (Textures, Faces) and a few iterations: the real DAG in about a minute."""
-    proto = yaml.safe_load((REPO / "src/moe_adapters/protocol/mini.yaml").read_text())
+def snakemake(workdir, *args, timeout=900) -> subprocess.CompletedProcess:
+    """Run the workflow in `workdir` with this Python (so jobs import the code under test).
+
+    The workflow is the copy's own when `workdir` is a project copy (see project_copy), else the repository's.
+    """
+    workdir = Path(workdir)
+    snakefile = workdir / "Snakefile" if (workdir / "Snakefile").is_file() else REPO / "Snakefile"
+    cmd = [*SNAKEMAKE, "-s", str(snakefile), "-d", str(workdir), "--workflow-profile", "none", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=tool_env(workdir), timeout=timeout)
+
+
+def run(cwd: Path, *cmd: str, ok: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    """A command (git, dvc, snakemake) in `cwd`, offline, with the copy's code; fails loudly unless ok=False."""
+    r = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, env=tool_env(cwd), timeout=timeout)
+    if ok and r.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+def project_copy(dest: Path) -> None:
+    """The project's files as a fresh checkout has them (tracked and not ignored), nothing generated."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
+    ).stdout.decode().split("\0")
+    for f in filter(None, files):
+        src = REPO / f
+        if src.is_file() and not f.startswith(("results/", "data/")):
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+
+
+def write_reduced_mini(repo: Path) -> Path:
+    """Cut the copy's mini benchmark to two tasks (Textures, Faces) and a few iterations: its real DAG in about a
+    minute. The copy's config/mini.yaml is rewritten in place, so `dvc repro mini` runs the reduced benchmark."""
+    proto = yaml.safe_load((repo / "src/moe_adapters/protocol/mini.yaml").read_text())
     proto["orders"] = {"order1": ["Textures", "Faces"]}
     proto["datasets"] = {k: proto["datasets"][k] for k in ("Textures", "Faces")}
-    (tmp / "proto.yaml").write_text(yaml.safe_dump(proto))
-    cfg = yaml.safe_load((REPO / "config/mini.yaml").read_text())
-    cfg["protocol"] = str(tmp / "proto.yaml")
+    (repo / "config/mini-reduced-protocol.yaml").write_text(yaml.safe_dump(proto))
+    path = repo / "config/mini.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    cfg["protocol"] = "config/mini-reduced-protocol.yaml"
     cfg["train"].update(iterations=6, checkpoint_every=0)
     cfg["ddas"].update(iterations_generic=10, iterations=10)
     cfg["mini"].update(pretrain_iterations=8)
-    path = tmp / "mini.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def reduced_mini_repo(root: Path, remote: Path) -> tuple[Path, subprocess.CompletedProcess]:
+    """A git repository holding a copy of the project with the reduced mini config, its DVC remote a local
+    folder, and the reduced mini benchmark reproduced by `dvc repro mini` (dvc.lock committed)."""
+    repo = root / "origin"
+    repo.mkdir()
+    project_copy(repo)
+    write_reduced_mini(repo)
+    run(repo, "git", "init", "-q", "-b", "main")
+    run(repo, "dvc", "remote", "modify", "storage", "url", str(remote))  # a user's own remote, as in the README
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-q", "-m", "project with the reduced mini benchmark")
+    r = run(repo, "dvc", "repro", "mini", ok=False)
+    if r.returncode == 0:
+        run(repo, "git", "add", "dvc.lock")
+        run(repo, "git", "commit", "-q", "-m", "reduced mini run")
+    return repo, r

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 from snakemake.exceptions import WorkflowError
 
+import moe_adapters.config
 from moe_adapters.config import ConfigError, config_hash, deep_merge, validate_config
 from moe_adapters.protocol import load_protocol, order_datasets
 
@@ -122,7 +123,7 @@ def run_results(run):
     n = len(run_info(run)["datasets"])
     figures = [f"{R}/{run}/figures/{name}.png" for name in ("accuracy_matrix", "accuracy_per_dataset", "routing")]
     experts = [f"{R}/{run}/figures/experts_task_{k}.png" for k in range(n)]
-    tables = [f"{R}/{run}_table.csv", f"{R}/{run}_table.md", f"{R}/{run}/metrics.json", f"{R}/{run}/costs.csv"]
+    tables = [f"{R}/{run}_table.csv", f"{R}/{run}_table.md", f"{R}/{run}_metrics.json", f"{R}/{run}/costs.csv"]
     tables.append(f"{R}/{run}/config.yaml")
     return [*tables, *figures, *experts]
 
@@ -140,6 +141,11 @@ LEDGER = f"{R}/REPRODUCIBILITY.md"
 def default_target():
     return [*run_results(run_name()), LEDGER, f"{R}/ledger.rst"]
 
+
+# Reporting rules (matrix, cost, tables, figures, ledger) take their own code as input, so a change to it
+# reruns them, and only them; training and evaluation rules do not depend on library files.
+SRC = Path(moe_adapters.config.__file__).resolve().parent  # (the package itself may be a namespace here)
+REPORT_CODE = [str(SRC / f) for f in ("reporting.py", "results.py", "figures.py", "costs.py", "metrics.py")]
 
 # The CLI of the Python running Snakemake, so jobs use the same environment whatever PATH says.
 MOE = f"{sys.executable} -m moe_adapters.cli"

@@ -22,6 +22,7 @@ rule run_config:
 
 rule matrix:
     input:
+        code=REPORT_CODE,
         evaluations=evaluations,
     output:
         matrix=report(
@@ -50,6 +51,7 @@ rule matrix:
 
 rule costs:
     input:
+        code=REPORT_CODE,
         backbone=rules.backbone.output.identity,
         pretrained=[rules.pretrain.output.weights] if BENCH == "mini" else [],
         checkpoints=task_checkpoints,
@@ -78,6 +80,7 @@ rule costs:
 
 rule table:
     input:
+        code=REPORT_CODE,
         matrix=rules.matrix.output.matrix,
         zero_shot=rules.evaluate_zero_shot.output.evaluation,
         costs=rules.costs.output.costs,
@@ -97,7 +100,7 @@ rule table:
             labels={"table": "Transfer / Avg / Last, matrix, cost (Markdown)"},
         ),
         metrics=report(
-            f"{R}/{{run}}/metrics.json",
+            f"{R}/{{run}}_metrics.json",
             caption="../report/metrics.rst",
             category="Accuracy tables",
             subcategory="{run}",
@@ -116,6 +119,7 @@ rule table:
 
 rule ledger:
     input:
+        code=REPORT_CODE,
         tables=[f"{R}/{run}_table.csv" for run in ledger_runs()],
         costs=[f"{R}/{run}/costs.csv" for run in ledger_runs()],
     output:
