@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 
 import pytest
 
@@ -61,8 +62,7 @@ def test_changing_table_code_then_repro_retrains_nothing(pushed):
     root, repo = pushed
     work = root / "work"
     run(root, "git", "clone", "-q", str(repo), str(work))
-    run(work, "dvc", "pull", "mini")
-    run(work, "snakemake", *MINI, "--touch")
+    run(work, sys.executable, "-m", "moe_adapters.cli", "pull", "mini")  # the single command: pull, then touch
     ckpts = sorted((work / "results/mini/mini_order1/checkpoints").glob("*.safetensors"))
     evals = sorted((work / "results/mini/mini_order1/eval").glob("*.json"))
     stamps = {p: p.stat().st_mtime_ns for p in ckpts + evals}
@@ -88,6 +88,10 @@ def test_pull_from_an_unreachable_remote_fails_clearly(pushed):
     msg = r.stdout + r.stderr
     assert "no-such-remote" in msg or "missing" in msg.lower(), msg
     assert not (lost / "results/mini/mini_order1_table.csv").exists()
+    # the project's command says which remote and what to do, before asking DVC anything
+    r = run(lost, sys.executable, "-m", "moe_adapters.cli", "pull", "mini", ok=False, timeout=120)
+    assert r.returncode == 2
+    assert "DVC remote 'storage' is the folder" in r.stderr and "no-such-remote" in r.stderr, r.stderr
     # CI-style: what is there is checked out, what is missing is allowed, and the exit is clean
     r = run(lost, "dvc", "pull", "--allow-missing", "mini", ok=False, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr

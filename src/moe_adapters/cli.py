@@ -243,6 +243,17 @@ def cmd_ledger(args) -> int:
     return 0
 
 
+def cmd_pull(args) -> int:
+    from .dvcpull import PullError, pull
+
+    try:
+        pull(args.stage, args.repo, args.allow_missing)
+    except PullError as e:
+        print(f"moe-adapters pull: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_show(args) -> int:
     from .results import format_table
 
@@ -395,6 +406,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--rst", help="also write its headline as reStructuredText (the report's first page)")
     sp.add_argument("--print", action="store_true")
     sp.set_defaults(func=cmd_ledger)
+
+    sp = sub.add_parser("pull", help="dvc pull a stage's outputs, then mark them up to date for Snakemake")
+    sp.add_argument("stage", help="a stage of dvc.yaml: mini, mtil_order1, mtil_order2, mtil_order1_5shot")
+    sp.add_argument("--repo", default=".", help="the project folder (default: here)")
+    sp.add_argument("--allow-missing", action="store_true", help="passed to dvc pull (CI: take what is there)")
+    sp.set_defaults(func=cmd_pull)
 
     sp = sub.add_parser("show", help="print result tables")
     sp.add_argument("tables", nargs="+")
