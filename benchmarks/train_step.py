@@ -29,7 +29,7 @@ import torch.nn.functional as F
 PRESETS = {
     "paper": {"model": "ViT-B-16", "batch": 64, "classes": [100, 397], "repeats": 10, "warmup": 3},
     # the paper's text-to-image workload ratios (100 and 397 classes per 64 images) at batch 4
-    "cpu": {"model": "ViT-B-16", "batch": 4, "classes": [6, 25], "repeats": 3, "warmup": 2},
+    "cpu": {"model": "ViT-B-16", "batch": 4, "classes": [6, 25], "repeats": 2, "warmup": 1},
 }
 WORDS = (
     "abbey airport alley amphitheater amusement arcade aquarium arch art gallery studio assembly line attic "
