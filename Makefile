@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install mini test lint clean-mini
+.PHONY: install mini test test-all lint clean-mini
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,9 @@ mini: install
 	$(BIN)/moe-adapters show results/mini/mini_order1_table.csv
 
 test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow"
+
+test-all: install  # slow tests too (torch.compile on a CPU); GPU tests run where CUDA is
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 lint: install

@@ -145,7 +145,9 @@ def default_target():
 # Reporting rules (matrix, cost, tables, figures, ledger) take their own code as input, so a change to it
 # reruns them, and only them; training and evaluation rules do not depend on library files.
 SRC = Path(moe_adapters.config.__file__).resolve().parent  # (the package itself may be a namespace here)
-REPORT_CODE = [str(SRC / f) for f in ("reporting.py", "results.py", "figures.py", "costs.py", "metrics.py")]
+def code(*modules):
+    """The package's own files a reporting rule runs, as inputs: editing one reruns just the rules that use it."""
+    return [str(SRC / f"{m}.py") for m in modules]
 
 # The CLI of the Python running Snakemake, so jobs use the same environment whatever PATH says.
 MOE = f"{sys.executable} -m moe_adapters.cli"

@@ -4,7 +4,7 @@
 
 rule figures:
     input:
-        code=REPORT_CODE,
+        code=code("reporting", "figures"),
         matrix=rules.matrix.output.matrix,
         routing=rules.matrix.output.routing,
         zero_shot=rules.evaluate_zero_shot.output.evaluation,
@@ -43,7 +43,7 @@ rule figures:
 
 rule expert_figure:
     input:
-        code=REPORT_CODE,
+        code=code("reporting", "figures"),
         checkpoint=f"{R}/{{run}}/checkpoints/task_{{k}}.safetensors",
     output:
         figure=report(

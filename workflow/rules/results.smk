@@ -22,7 +22,7 @@ rule run_config:
 
 rule matrix:
     input:
-        code=REPORT_CODE,
+        code=code("metrics"),
         evaluations=evaluations,
     output:
         matrix=report(
@@ -51,7 +51,7 @@ rule matrix:
 
 rule costs:
     input:
-        code=REPORT_CODE,
+        code=code("reporting", "costs"),
         backbone=rules.backbone.output.identity,
         pretrained=[rules.pretrain.output.weights] if BENCH == "mini" else [],
         checkpoints=task_checkpoints,
@@ -80,7 +80,7 @@ rule costs:
 
 rule table:
     input:
-        code=REPORT_CODE,
+        code=code("reporting", "results", "metrics", "costs"),
         matrix=rules.matrix.output.matrix,
         zero_shot=rules.evaluate_zero_shot.output.evaluation,
         costs=rules.costs.output.costs,
@@ -119,7 +119,7 @@ rule table:
 
 rule ledger:
     input:
-        code=REPORT_CODE,
+        code=code("reporting", "results", "costs"),
         tables=[f"{R}/{run}_table.csv" for run in ledger_runs()],
         costs=[f"{R}/{run}/costs.csv" for run in ledger_runs()],
     output:
