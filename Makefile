@@ -26,4 +26,4 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks
 
 clean-mini:
-	rm -rf results/mini data/mini
+	rm -rf results/mini

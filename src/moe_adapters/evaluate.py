@@ -71,7 +71,7 @@ def batch_route_counts(routes: torch.Tensor, batch_size: int) -> dict[int, int]:
 @torch.no_grad()
 def routed_logits(
     model: MoECLIP,
-    x: torch.Tensor,
+    x: torch.Tensor | None,
     routes: torch.Tensor,
     heads: Callable[[int], torch.Tensor],
     *,
@@ -88,7 +88,10 @@ def routed_logits(
         if route == ZERO_SHOT and zero_shot_features is not None:
             feats = zero_shot_features[sel].to(device)
         else:
-            feats = model.encode_image(x[sel].to(device), route, normalize=True)
+            if x is None:
+                raise ValueError(f"route {route} needs the batch's images, and none were given")
+            xs = x if len(sel) == len(routes) else x[sel.to(x.device)]
+            feats = model.encode_image(xs.to(device), route, normalize=True)
         part = EVAL_LOGIT_SCALE * feats @ heads(route).T
         if logits is None:
             logits = part.new_empty(len(routes), part.shape[1])
@@ -98,21 +101,25 @@ def routed_logits(
 
 def classify(
     model: MoECLIP,
-    images: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    images: Iterable[tuple[torch.Tensor | Callable[[], torch.Tensor], torch.Tensor]],
     routes: torch.Tensor,
     heads: Callable[[int], torch.Tensor],
     *,
     device: str | torch.device = "cpu",
     zero_shot_features: torch.Tensor | None = None,
 ) -> tuple[int, int]:
-    """Count correct top-1 predictions over a test set, batch by batch in test-set order."""
+    """Count correct top-1 predictions over a test set, batch by batch in test-set order.
+
+    A batch's images may be a function that reads them (see PreparedDataset.test_batches(lazy=True)).
+    """
     correct = total = 0
     for x, y in images:
         n = len(y)
+        r = routes[total : total + n]
         zs = None if zero_shot_features is None else zero_shot_features[total : total + n]
-        logits = routed_logits(
-            model, x, routes[total : total + n], heads, device=device, zero_shot_features=zs
-        )
+        if callable(x):  # lazily read images: only when some sample of the batch needs an image forward
+            x = x() if zs is None or bool((r != ZERO_SHOT).any()) else None
+        logits = routed_logits(model, x, r, heads, device=device, zero_shot_features=zs)
         correct += int((logits.argmax(dim=1) == y.to(device)).sum())
         total += n
     return correct, total
@@ -149,20 +156,24 @@ def evaluate_dataset(
     force_route: int | None = None,
     device: str | torch.device = "cpu",
     zero_shot_features: torch.Tensor | None = None,
+    zero_shot_head: torch.Tensor | None = None,
     batch_size: int = 128,
 ) -> DatasetResult:
     """Accuracy of `model` on one test set, routing every sample by `routes` (DDAS) or `force_route`.
 
     `images` returns a fresh iterable of (CLIP-normalised images, labels) batches in test-set order.
-    Text heads are built once per route actually used.
+    Text heads are built once per route actually used; `zero_shot_head` (computed once per test set, the
+    same for every checkpoint) stands in for the zero-shot route's.
     """
     model.eval()
     if routes is None:
         if force_route is None:
             raise ValueError("give DDAS routes or a route to force")
-        n = sum(len(y) for _, y in images())
+        n = sum(len(y) for _, y in images())  # labels only: lazily read images are not loaded
         routes = torch.full((n,), force_route, dtype=torch.long)
     cache: dict[int, torch.Tensor] = {}
+    if zero_shot_head is not None:
+        cache[ZERO_SHOT] = zero_shot_head.to(device)
 
     def heads(route: int) -> torch.Tensor:
         if route not in cache:

@@ -55,6 +55,10 @@ def model_from_config(cfg: dict, device: torch.device | str = "cpu", weights: st
     model = build_model(backbone_spec(cfg, weights), moe_spec(cfg), device)
     model.batched_experts = cfg["speed"]["batched_experts"]
     model.truncate_text = cfg["speed"]["truncate_text"]
+    if cfg["speed"]["bf16_autocast"]:
+        model.autocast_dtype = torch.bfloat16
+    if cfg["speed"]["compile"]:
+        model.compile_regions()
     return model
 
 

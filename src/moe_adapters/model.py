@@ -152,6 +152,7 @@ class MoECLIP(nn.Module):
         self.batched_experts = True
         self.truncate_text = True
         self.eval_noise = False  # CIL reference quirk: gating noise stays on at test time
+        self.autocast_dtype: torch.dtype | None = None  # speed.bf16_autocast: torch.bfloat16 (not exact)
         self._fingerprint: str | None = None
 
     # ------------------------------------------------------------------ identity
@@ -189,10 +190,33 @@ class MoECLIP(nn.Module):
                 f"route {route} is neither ZERO_SHOT nor a router in 0..{self.spec.num_routers - 1}"
             )
 
+    def compile_regions(self) -> None:
+        """speed.compile: torch.compile the transformer blocks' pieces (regional compilation).
+
+        Blocks of a tower share their code, so each piece compiles once and is reused by every block. The
+        zero-shot route runs whole compiled blocks; adapted routes run compiled attention and MLP around the
+        (uncompiled, data-dependent) expert routing. Not bit-exact (fused kernels): recorded as a deviation.
+        """
+        for blocks in (self.clip.visual.transformer.resblocks, self.clip.transformer.resblocks):
+            for blk in blocks:
+                blk.compile()
+                blk.attn.compile()
+                blk.mlp.compile()
+
+    def _autocast(self, x: torch.Tensor):
+        enabled = self.autocast_dtype is not None
+        return torch.autocast(x.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=enabled)
+
     def encode_image(
         self, images: torch.Tensor, route: int, counts: torch.Tensor | None = None, normalize: bool = False
     ) -> torch.Tensor:
         """Image embeddings through router `route` (or ZERO_SHOT); `counts` [L, E] records selections."""
+        if self.autocast_dtype is not None:
+            with self._autocast(images):
+                return self._encode_image(images, route, counts, normalize).float()
+        return self._encode_image(images, route, counts, normalize)
+
+    def _encode_image(self, images, route, counts, normalize):
         self._check_route(route)
         v = self.clip.visual
         x = v._embeds(images)
@@ -209,6 +233,12 @@ class MoECLIP(nn.Module):
 
         The cut is exact: the causal mask keeps later (padding) tokens from reaching the end token.
         """
+        if self.autocast_dtype is not None:
+            with self._autocast(tokens):
+                return self._encode_text(tokens, route, counts, normalize).float()
+        return self._encode_text(tokens, route, counts, normalize)
+
+    def _encode_text(self, tokens, route, counts, normalize):
         self._check_route(route)
         c = self.clip
         if self.truncate_text and c.text_pool_type == "argmax" and c.attn_mask is not None:

@@ -24,7 +24,7 @@ from .config import code_commit, config_hash, deviations
 from .costs import cost
 from .data import TrainBatches, train_transform
 from .ddas import decide_routes
-from .evaluate import ddas_mse, evaluate_dataset, image_features
+from .evaluate import ddas_mse, evaluate_dataset, image_features, text_head
 from .fsutil import read_json, write_json, write_text
 from .metrics import matrix_csv_text
 from .model import tokenizer_for
@@ -157,7 +157,12 @@ def features_step(
             f"{dataset} was prepared at {prepared.meta['eval_size']} px, the model needs {img_size}"
         )
     bs = cfg["eval"]["batch_size"]
-    zs = image_features(model, prepared.test_batches(bs), ZERO_SHOT, device)
+    zs = image_features(model, prepared.test_batches(bs, device), ZERO_SHOT, device)
+    # the zero-shot text head is the same for every checkpoint: computed here, once per test set
+    zs_head = text_head(
+        model, tokenizer_for(model.backbone), prepared.meta["classnames"], prepared.meta["templates"],
+        ZERO_SHOT, device,
+    ).cpu()
     extractor = factory.feature_extractor(cfg).to(device)
     trained, initial = [], []
     for k, path in enumerate(autoencoders):
@@ -168,13 +173,14 @@ def features_step(
         if meta["index"] != k:
             raise CheckpointError(f"{path} is autoencoder {meta['index']}, expected autoencoder {k}")
         trained.append(ae_t.to(device).eval())
-    mse = ddas_mse(extractor, trained + initial, prepared.test_batches(bs), device)
+    mse = ddas_mse(extractor, trained + initial, prepared.test_batches(bs, device), device)
     k = len(autoencoders)
     _, labels = prepared.test_arrays()
     save_tensors(
         out,
         {
             "zero_shot": zs,
+            "zero_shot_head": zs_head,
             "mse_trained": mse[:, :k].contiguous(),
             "mse_initial": mse[:, k:].contiguous(),
             "labels": torch.from_numpy(np.asarray(labels)),
@@ -233,10 +239,11 @@ def evaluate_step(
             tok,
             prepared.meta["classnames"],
             prepared.meta["templates"],
-            lambda p=prepared: p.test_batches(opts.batch_size),
+            lambda p=prepared: p.test_batches(opts.batch_size, device, lazy=True),
             routes=routes,
             device=device,
             zero_shot_features=tensors["zero_shot"],
+            zero_shot_head=tensors.get("zero_shot_head"),
             batch_size=opts.batch_size,
         )
         results[name] = res.to_json()

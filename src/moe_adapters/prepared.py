@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -149,12 +150,24 @@ class PreparedDataset:
     def test_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         return self._load("test_images.npy"), self._load("test_labels.npy")
 
-    def test_batches(self, batch_size: int, device="cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """CLIP-normalised test batches in test-set order, from the uint8 eval cache."""
+    def test_batches(
+        self, batch_size: int, device="cpu", lazy: bool = False
+    ) -> Iterator[tuple[torch.Tensor | Callable[[], torch.Tensor], torch.Tensor]]:
+        """CLIP-normalised test batches in test-set order, from the uint8 eval cache.
+
+        The uint8 pixels travel to `device` and are normalised there. With `lazy`, each batch's images come
+        as a function that reads them, so a batch that needs no image (every sample routed to zero-shot,
+        whose features are cached) is never read.
+        """
         images, labels = self.test_arrays()
+
+        def load(i: int) -> torch.Tensor:
+            x = torch.from_numpy(np.array(images[i : i + batch_size])).to(device)
+            return normalize_uint8(x)
+
         for i in range(0, len(labels), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(device)
-            yield normalize_uint8(x), torch.from_numpy(np.asarray(labels[i : i + batch_size]))
+            y = torch.from_numpy(np.array(labels[i : i + batch_size]))
+            yield (partial(load, i) if lazy else load(i)), y
 
     def train_dataset(self) -> Dataset:
         kind = self.meta["train"]["kind"]

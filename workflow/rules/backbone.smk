@@ -21,8 +21,8 @@ rule backbone:
     input:
         weights=[CFG["model"]["pretrained"]] if BENCH == "mini" else [],
     output:
-        identity=f"{R}/backbone.json",
+        identity=f"{R}/{{run}}/backbone.json",
     log:
-        f"{R}/logs/backbone.log",
+        f"{R}/{{run}}/logs/backbone.log",
     shell:
         "{MOE} backbone -c {EFF} --out {output.identity} > {log} 2>&1"

@@ -1,0 +1,121 @@
+"""The speed-ups that are on by default give the logits of the straightforward paths (CPU, tiny model).
+
+Straightforward = the reference's way: a loop over experts, the full 77-token text context, every text
+head and every zero-shot image feature recomputed, every test image read for every evaluation.
+"""
+
+import pytest
+import torch
+
+from moe_adapters.evaluate import evaluate_dataset, image_features, routed_logits, text_head
+from moe_adapters.moe import ZERO_SHOT
+from moe_adapters.prepared import PreparedDataset
+
+from .conftest import QUADRANTS, TEMPLATES, make_prepared
+
+
+def trained_looking(model):
+    """Non-zero up-projections, routers and noise weights, as after training (a fresh model is plain CLIP)."""
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.startswith("clip."):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model.eval()
+
+
+def set_fast(model, fast: bool):
+    model.batched_experts = fast
+    model.truncate_text = fast
+
+
+def close(a, b, rtol=1e-5):
+    return float((a - b).norm() / b.norm()) < rtol
+
+
+@torch.no_grad()
+def test_batched_experts_and_cut_text_equal_the_loop_and_full_context(tiny_model, tokenizer):
+    m = trained_looking(tiny_model)
+    images = torch.randn(6, 3, 32, 32)
+    tokens = tokenizer([t.format(c=c) for c in QUADRANTS for t in TEMPLATES])
+    for route in (ZERO_SHOT, 0, 1, 2):
+        set_fast(m, False)
+        ref_i, ref_t = m.encode_image(images, route), m.encode_text(tokens, route)
+        set_fast(m, True)
+        fast_i, fast_t = m.encode_image(images, route), m.encode_text(tokens, route)
+        assert close(fast_i, ref_i) and close(fast_t, ref_t), route
+        if route != ZERO_SHOT:  # and the adapters really are in the path
+            assert not close(ref_i, m.encode_image(images, ZERO_SHOT), rtol=1e-2)
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    make_prepared(tmp_path, "Red", "red", n_train=8, n_test=30)
+    return PreparedDataset(tmp_path / "Red")
+
+
+def test_evaluation_with_every_cache_equals_recomputing_everything(tiny_model, tokenizer, prepared):
+    m = trained_looking(tiny_model)
+    bs = 8
+    # DDAS's decision, mixed: batch 0 zero-shot, batch 1 task 0, batch 2 task 1, batch 3 split
+    routes = torch.tensor([ZERO_SHOT] * 8 + [0] * 8 + [1] * 8 + [ZERO_SHOT, 2] * 3)
+    cls, tpl = prepared.meta["classnames"], prepared.meta["templates"]
+
+    # straightforward: loop over experts, full context, eager images, heads and zero-shot features recomputed
+    set_fast(m, False)
+    ref = evaluate_dataset(m, tokenizer, cls, tpl, lambda: prepared.test_batches(bs), routes=routes, batch_size=bs)
+    ref_logits = []
+    heads = {}
+    for i, (x, _) in enumerate(prepared.test_batches(bs)):
+        r = routes[i * bs : (i + 1) * bs]
+        ref_logits.append(
+            routed_logits(m, x, r, lambda k: heads.setdefault(k, text_head(m, tokenizer, cls, tpl, k)))
+        )
+
+    # ours: batched experts, cut text, zero-shot features and head computed once, images read lazily
+    set_fast(m, True)
+    zs = image_features(m, prepared.test_batches(bs), ZERO_SHOT)
+    zs_head = text_head(m, tokenizer, cls, tpl, ZERO_SHOT)
+    reads = []
+
+    def lazy():
+        for x, y in prepared.test_batches(bs, lazy=True):
+            yield (lambda x=x: reads.append(1) or x()), y
+
+    fast = evaluate_dataset(
+        m, tokenizer, cls, tpl, lazy, routes=routes, batch_size=bs, zero_shot_features=zs, zero_shot_head=zs_head
+    )
+    assert fast.to_json() == ref.to_json()
+    assert len(reads) == 3  # the all-zero-shot batch is never read
+    fast_heads = {ZERO_SHOT: zs_head}
+    for i, (x, _) in enumerate(prepared.test_batches(bs)):
+        r = routes[i * bs : (i + 1) * bs]
+        got = routed_logits(
+            m, x, r, lambda k: fast_heads.setdefault(k, text_head(m, tokenizer, cls, tpl, k)),
+            zero_shot_features=zs[i * bs : (i + 1) * bs],
+        )
+        assert close(got, ref_logits[i]), i
+        assert torch.equal(got.argmax(1), ref_logits[i].argmax(1))
+
+
+@torch.no_grad()
+def test_bf16_autocast_is_close_but_not_exact_and_returns_fp32(tiny_model):
+    m = trained_looking(tiny_model)
+    x = torch.randn(4, 3, 32, 32)
+    ref = m.encode_image(x, 0, normalize=True)
+    m.autocast_dtype = torch.bfloat16
+    out = m.encode_image(x, 0, normalize=True)
+    assert out.dtype == torch.float32
+    assert not torch.equal(out, ref)  # it is an approximation, hence off by default and recorded
+    assert close(out, ref, rtol=5e-2)
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_compiled_regions_match_eager(tiny_model):
+    m = trained_looking(tiny_model)
+    x = torch.randn(4, 3, 32, 32)
+    ref = {r: m.encode_image(x, r) for r in (ZERO_SHOT, 0)}
+    m.compile_regions()
+    for r, want in ref.items():
+        assert close(m.encode_image(x, r), want), r
