@@ -137,3 +137,14 @@ def test_missing_pretrained_weights_fail_fast(tmp_path):
             create_backbone(BackboneSpec("ViT-B-16", True, "openai"))
         finally:
             del os.environ["HF_HOME"]
+
+
+@pytest.mark.parametrize("text", ["5826e69", "1234567", "0012", "true", "null", "moe-adapters/1"])
+def test_metadata_strings_read_back_as_strings_even_where_they_look_like_json(tmp_path, text):
+    """A git commit such as 5826e69 is a valid JSON number: metadata must not turn it into 5.826e+72."""
+    from moe_adapters.checkpoint import read_metadata, save_tensors
+
+    path = tmp_path / "t.safetensors"
+    save_tensors(path, {"x": torch.zeros(1)}, {"commit": text, "n": 3, "cost": {"device": "cpu"}})
+    for meta in (read_metadata(path), load_tensors(path)[1]):
+        assert meta["commit"] == text and meta["n"] == 3 and meta["cost"] == {"device": "cpu"}

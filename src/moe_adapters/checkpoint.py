@@ -22,7 +22,8 @@ class CheckpointError(RuntimeError):
 
 
 def _meta_to_str(meta: dict) -> dict[str, str]:
-    return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in meta.items()}
+    # Strings too are JSON-encoded: a raw commit such as 5826e69 would read back as the number 5.826e+72.
+    return {k: json.dumps(v, sort_keys=True) for k, v in meta.items()}
 
 
 def _meta_from_str(meta: dict[str, str]) -> dict:
@@ -30,7 +31,7 @@ def _meta_from_str(meta: dict[str, str]) -> dict:
     for k, v in meta.items():
         try:
             out[k] = json.loads(v)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError:  # a raw string (files written before every value was JSON)
             out[k] = v
     return out
 
