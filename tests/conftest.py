@@ -34,6 +34,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def trained_looking(model, std: float = 0.05, seed: int = 7):
+    """Non-zero up-projections, routers and noise weights, as after training (a fresh model is plain CLIP)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.startswith("clip."):
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
 @pytest.fixture
 def tiny_model():
     torch.manual_seed(0)

@@ -11,17 +11,7 @@ from moe_adapters.evaluate import evaluate_dataset, image_features, routed_logit
 from moe_adapters.moe import ZERO_SHOT
 from moe_adapters.prepared import PreparedDataset
 
-from .conftest import QUADRANTS, TEMPLATES, make_prepared
-
-
-def trained_looking(model):
-    """Non-zero up-projections, routers and noise weights, as after training (a fresh model is plain CLIP)."""
-    g = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if not name.startswith("clip."):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return model.eval()
+from .conftest import QUADRANTS, TEMPLATES, make_prepared, trained_looking
 
 
 def set_fast(model, fast: bool):
@@ -35,7 +25,7 @@ def close(a, b, rtol=1e-5):
 
 @torch.no_grad()
 def test_batched_experts_and_cut_text_equal_the_loop_and_full_context(tiny_model, tokenizer):
-    m = trained_looking(tiny_model)
+    m = trained_looking(tiny_model).eval()
     images = torch.randn(6, 3, 32, 32)
     tokens = tokenizer([t.format(c=c) for c in QUADRANTS for t in TEMPLATES])
     for route in (ZERO_SHOT, 0, 1, 2):
@@ -55,7 +45,7 @@ def prepared(tmp_path):
 
 
 def test_evaluation_with_every_cache_equals_recomputing_everything(tiny_model, tokenizer, prepared):
-    m = trained_looking(tiny_model)
+    m = trained_looking(tiny_model).eval()
     bs = 8
     # DDAS's decision, mixed: batch 0 zero-shot, batch 1 task 0, batch 2 task 1, batch 3 split
     routes = torch.tensor([ZERO_SHOT] * 8 + [0] * 8 + [1] * 8 + [ZERO_SHOT, 2] * 3)
@@ -100,7 +90,7 @@ def test_evaluation_with_every_cache_equals_recomputing_everything(tiny_model, t
 
 @torch.no_grad()
 def test_bf16_autocast_is_close_but_not_exact_and_returns_fp32(tiny_model):
-    m = trained_looking(tiny_model)
+    m = trained_looking(tiny_model).eval()
     x = torch.randn(4, 3, 32, 32)
     ref = m.encode_image(x, 0, normalize=True)
     m.autocast_dtype = torch.bfloat16
@@ -113,7 +103,7 @@ def test_bf16_autocast_is_close_but_not_exact_and_returns_fp32(tiny_model):
 @pytest.mark.slow
 @torch.no_grad()
 def test_compiled_regions_match_eager(tiny_model):
-    m = trained_looking(tiny_model)
+    m = trained_looking(tiny_model).eval()
     x = torch.randn(4, 3, 32, 32)
     ref = {r: m.encode_image(x, r) for r in (ZERO_SHOT, 0)}
     m.compile_regions()

@@ -10,18 +10,9 @@ import torch.nn.functional as F
 from moe_adapters.model import BackboneSpec, MoECLIP, build_model, create_backbone, tokenizer_for
 from moe_adapters.moe import ZERO_SHOT, MoESpec
 
-from .conftest import TINY
+from .conftest import TINY, trained_looking
 
 pytestmark = pytest.mark.gpu
-
-
-def trained_looking(model):
-    g = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if not name.startswith("clip."):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return model
 
 
 def rel(a, b):
