@@ -88,11 +88,7 @@ def measure(args, device) -> dict:
     t0 = time.perf_counter()
     model = MoECLIP(create_backbone(spec), MoESpec(num_routers=11), spec)
     build_s = time.perf_counter() - t0
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(1)
-        for name, p in model.named_parameters():
-            if not name.startswith("clip."):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    model.randomize_adapters(0.02, seed=1)  # trained-looking: non-zero up-projections and routers
     model.to(device).eval()
     model.set_trainable(None)
     tok = tokenizer_for(spec)

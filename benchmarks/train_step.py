@@ -55,11 +55,7 @@ def build(args, device):
 
     spec = BackboneSpec(args.model, True, None)
     model = MoECLIP(create_backbone(spec), MoESpec(num_routers=11), spec)
-    with torch.no_grad():  # trained-looking adapters: non-zero up-projections and routers
-        g = torch.Generator().manual_seed(1)
-        for name, p in model.named_parameters():
-            if not name.startswith("clip."):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    model.randomize_adapters(0.02, seed=1)  # trained-looking: non-zero up-projections and routers
     model.to(device)
     return model, tokenizer_for(spec)
 

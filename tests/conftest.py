@@ -36,12 +36,7 @@ def pytest_collection_modifyitems(config, items):
 
 def trained_looking(model, std: float = 0.05, seed: int = 7):
     """Non-zero up-projections, routers and noise weights, as after training (a fresh model is plain CLIP)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if not name.startswith("clip."):
-                p.copy_(torch.randn(p.shape, generator=g) * std)
-    return model
+    return model.randomize_adapters(std, seed)
 
 
 @pytest.fixture

@@ -22,10 +22,14 @@ class PullError(RuntimeError):
     pass
 
 
+def _tool(name: str) -> str:
+    """The command installed beside this Python (the project's environment), else the one on PATH."""
+    exe = Path(sys.executable).with_name(name)
+    return str(exe) if exe.exists() else name
+
+
 def _dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).with_name("dvc")
-    cmd = [str(exe) if exe.exists() else "dvc", *args]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    return subprocess.run([_tool("dvc"), *args], cwd=cwd, capture_output=True, text=True)
 
 
 def default_remote(repo: Path) -> tuple[str, str]:
@@ -61,8 +65,7 @@ def stage_command(repo: Path, stage: str) -> list[str]:
     cmd = shlex.split(stages[stage]["cmd"])
     if cmd[0] != "snakemake":
         raise PullError(f"stage {stage!r} does not run snakemake: {stages[stage]['cmd']}")
-    exe = Path(sys.executable).with_name("snakemake")
-    return [str(exe) if exe.exists() else "snakemake", *cmd[1:]]
+    return [_tool("snakemake"), *cmd[1:]]
 
 
 def pull(stage: str, repo: str | Path = ".", allow_missing: bool = False) -> None:

@@ -190,6 +190,16 @@ class MoECLIP(nn.Module):
                 f"route {route} is neither ZERO_SHOT nor a router in 0..{self.spec.num_routers - 1}"
             )
 
+    @torch.no_grad()
+    def randomize_adapters(self, std: float, seed: int) -> MoECLIP:
+        """Trained-looking adapters for tests and benchmarks: every expert, router and noise weight drawn from
+        N(0, std^2) with its own generator (a fresh model has zero up-projections and routers: plain CLIP)."""
+        g = torch.Generator().manual_seed(seed)
+        for name, p in self.named_parameters():
+            if not name.startswith("clip."):
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+        return self
+
     def compile_regions(self) -> None:
         """speed.compile: torch.compile the transformer blocks' pieces (regional compilation).
 
