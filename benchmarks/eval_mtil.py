@@ -76,17 +76,18 @@ def measure(args, device) -> dict:
 
     from PIL import Image
 
-    from moe_adapters.data import eval_transform, normalize_uint8
-    from moe_adapters.ddas import AlexNetConv5, autoencoder_mse, feature_dim, init_autoencoder
-    from moe_adapters.model import BackboneSpec, MoECLIP, create_backbone, tokenizer_for
-    from moe_adapters.moe import ZERO_SHOT, MoESpec
+    from moe_adapters.data.transforms import eval_transform, normalize_uint8
+    from moe_adapters.model.clip import BackboneSpec, MoECLIP, create_backbone, tokenizer_for
+    from moe_adapters.model.ddas import AlexNetConv5, autoencoder_mse, feature_dim, init_autoencoder
+    from moe_adapters.model.moe import ZERO_SHOT
+    from moe_adapters.steps.build import paper_moe_spec as paper_spec
 
     t0 = time.perf_counter()  # a job's interpreter start and imports
-    subprocess.run([sys.executable, "-c", "import torch, open_clip, moe_adapters.pipeline"], check=True)
+    subprocess.run([sys.executable, "-c", "import torch, open_clip, moe_adapters.steps.evaluate"], check=True)
     m: dict[str, float] = {"import_s": time.perf_counter() - t0}
     spec = BackboneSpec("ViT-B-16", True, None)
     t0 = time.perf_counter()
-    model = MoECLIP(create_backbone(spec), MoESpec(num_routers=11), spec)
+    model = MoECLIP(create_backbone(spec), paper_spec(), spec, init_seed=42)
     build_s = time.perf_counter() - t0
     model.randomize_adapters(0.02, seed=1)  # trained-looking: non-zero up-projections and routers
     model.to(device).eval()
@@ -124,7 +125,7 @@ def measure(args, device) -> dict:
 
     # DDAS: AlexNet conv5 (random weights: same cost) and 12 autoencoders, per image
     ext = AlexNetConv5(pretrained=False).to(device)
-    aes = [init_autoencoder(k, feature_dim(ext, 224), 100).to(device).eval() for k in range(12)]
+    aes = [init_autoencoder(k, feature_dim(ext, 224), 100, 42).to(device).eval() for k in range(12)]
 
     def ddas():
         with torch.no_grad():

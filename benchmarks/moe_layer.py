@@ -14,10 +14,12 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 
-from moe_adapters.moe import MoELayer, MoESpec
+from moe_adapters.model.moe import MoELayer
+from moe_adapters.steps.build import paper_moe_spec as paper_spec
 
 
 def timed(fn, device: torch.device, repeats: int, warmup: int) -> list[float]:
@@ -49,7 +51,7 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    spec = MoESpec(num_experts=args.experts, top_k=args.top_k, num_routers=1)
+    spec = replace(paper_spec(), num_experts=args.experts, top_k=args.top_k, num_routers=1)
     layer = MoELayer(args.width, spec).to(device)
     with torch.no_grad():  # trained-looking weights: a random router and non-zero up-projections
         for p in layer.parameters():

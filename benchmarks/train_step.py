@@ -50,11 +50,11 @@ def class_names(n: int, seed: int = 0) -> list[str]:
 
 
 def build(args, device):
-    from moe_adapters.model import BackboneSpec, MoECLIP, create_backbone, tokenizer_for
-    from moe_adapters.moe import MoESpec
+    from moe_adapters.model.clip import BackboneSpec, MoECLIP, create_backbone, tokenizer_for
+    from moe_adapters.steps.build import paper_moe_spec as paper_spec
 
     spec = BackboneSpec(args.model, True, None)
-    model = MoECLIP(create_backbone(spec), MoESpec(num_routers=11), spec)
+    model = MoECLIP(create_backbone(spec), paper_spec(), spec, init_seed=42)
     model.randomize_adapters(0.02, seed=1)  # trained-looking: non-zero up-projections and routers
     model.to(device)
     return model, tokenizer_for(spec)

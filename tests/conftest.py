@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -14,15 +14,47 @@ import pytest
 import torch
 import yaml
 
-from moe_adapters.model import BackboneSpec, build_model, tokenizer_for
-from moe_adapters.moe import MoESpec
-from moe_adapters.prepared import write_prepared
+from moe_adapters.config import load_config
+from moe_adapters.data.prepared import write_prepared
+from moe_adapters.model.clip import BackboneSpec, build_model, tokenizer_for
+from moe_adapters.model.moe import MoESpec
 
 from .workflow_helpers import reduced_mini_repo
 
 torch.set_num_threads(2)
 
 TINY = BackboneSpec("tiny-clip", True, None)
+
+
+def moe_spec(**overrides) -> MoESpec:
+    """The paper's adapter shape (from the default run config: 22 experts, top-2, 11 routers) with overrides."""
+    return replace(MoESpec.from_model(load_config().model, 11), **overrides)
+
+
+def ddas_options(**overrides):
+    """The reference's DDAS decision (threshold 0.0655, per batch of 128, untrained autoencoders compete)."""
+    from moe_adapters.model.ddas import DDASOptions
+
+    d = load_config().ddas
+    return DDASOptions(**{"threshold": d.threshold, "only_trained": d.only_trained, "per_sample": d.per_sample,
+                          "batch_size": load_config().eval.batch_size, **overrides})
+
+
+def task_config(**overrides):
+    """The paper's full-shot training hyper-parameters (task 0 of Order I's learning rate) with overrides."""
+    from moe_adapters.steps.specs import task_spec
+    from moe_adapters.steps.train import task_config as from_spec
+
+    return replace(from_spec(task_spec(load_config(), 0)), **overrides)
+
+
+def ae_config(**overrides):
+    """The paper's autoencoder training (task autoencoders: 300 iterations, lr 0.01) with overrides."""
+    from moe_adapters.training.autoencoder import AETrainConfig
+
+    d, t = load_config().ddas, load_config().train
+    return AETrainConfig(**{"iterations": d.iterations, "lr": d.lr, "weight_decay": d.weight_decay,
+                            "decay_every_epochs": d.decay_every_epochs, "seed": t.seed, **overrides})
 
 
 def pytest_collection_modifyitems(config, items):
@@ -42,7 +74,7 @@ def trained_looking(model, std: float = 0.05, seed: int = 7):
 @pytest.fixture
 def tiny_model():
     torch.manual_seed(0)
-    return build_model(TINY, MoESpec(num_routers=3))
+    return build_model(TINY, moe_spec(num_routers=3), init_seed=42)
 
 
 @pytest.fixture(scope="session")
@@ -135,6 +167,9 @@ def toy_run(tmp_path):
         "train": {"iterations": 8, "batch_size": 16, "warmup": 2, "checkpoint_every": 3, "num_workers": 0},
         "ddas": {
             "feature": "pixels",
+            "pixel_size": 8,
+            "code_dim": 100,
+            "decay_every_epochs": 10,
             "iterations_generic": 60,
             "iterations": 60,
             "threshold": 0.02,

@@ -16,11 +16,10 @@ from moe_adapters.checkpoint import (
     save_task_checkpoint,
     save_torch,
 )
-from moe_adapters.ddas import init_autoencoder
-from moe_adapters.model import BackboneSpec, MoECLIP, build_model, create_backbone
-from moe_adapters.moe import MoESpec
+from moe_adapters.model.clip import BackboneSpec, MoECLIP, build_model, create_backbone
+from moe_adapters.model.ddas import init_autoencoder
 
-from .conftest import TINY
+from .conftest import TINY, moe_spec
 
 
 def perturb(model):
@@ -39,7 +38,7 @@ def test_round_trip_holds_only_what_training_changed(tiny_model, tmp_path):
     tensors, meta = load_tensors(path)
     assert not any(k.startswith("clip.") for k in tensors)
     assert meta["backbone"]["name"] == "tiny-clip" and meta["task"] == 1 and meta["note"] == "hi"
-    fresh = MoECLIP(tiny_model.clip, tiny_model.spec, tiny_model.backbone)
+    fresh = MoECLIP(tiny_model.clip, tiny_model.spec, tiny_model.backbone, init_seed=42)
     meta = load_task_checkpoint(path, fresh)
     for k, v in tiny_model.moe_state_dict().items():
         assert torch.equal(fresh.moe_state_dict()[k], v), k
@@ -49,7 +48,7 @@ def test_round_trip_holds_only_what_training_changed(tiny_model, tmp_path):
 def test_other_expert_count_is_refused_by_name(tiny_model, tmp_path):
     path = tmp_path / "t.safetensors"
     save_task_checkpoint(path, tiny_model, task=0, dataset="X", counts=None, extra={})
-    other = MoECLIP(tiny_model.clip, MoESpec(num_experts=4, num_routers=3), tiny_model.backbone)
+    other = MoECLIP(tiny_model.clip, moe_spec(num_experts=4, num_routers=3), tiny_model.backbone, init_seed=42)
     with pytest.raises(CheckpointError, match="num_experts=22, this model has num_experts=4"):
         load_task_checkpoint(path, other)
 
@@ -57,7 +56,7 @@ def test_other_expert_count_is_refused_by_name(tiny_model, tmp_path):
 def test_other_backbone_is_refused(tiny_model, tmp_path):
     path = tmp_path / "t.safetensors"
     save_task_checkpoint(path, tiny_model, task=0, dataset="X", counts=None, extra={})
-    other = build_model(TINY, MoESpec(num_routers=3))
+    other = build_model(TINY, moe_spec(num_routers=3), init_seed=42)
     with torch.no_grad():
         other.clip.ln_final.weight[0] += 1e-3  # same architecture, slightly other weights
     with pytest.raises(CheckpointError, match="another backbone"):
@@ -105,14 +104,14 @@ def test_corrupt_or_missing_files_give_clear_errors(tmp_path):
 
 
 def test_autoencoder_round_trip_and_shape_check(tmp_path):
-    ae = init_autoencoder(2, 30, 7)
+    ae = init_autoencoder(2, 30, 7, 42)
     save_autoencoder(tmp_path / "ae.safetensors", ae, index=2, trained=True, extra={"dataset": "X"})
-    other = init_autoencoder(5, 30, 7)
+    other = init_autoencoder(5, 30, 7, 42)
     meta = load_autoencoder(tmp_path / "ae.safetensors", other)
     assert meta["index"] == 2 and meta["dataset"] == "X"
     assert torch.equal(other.decoder[0].weight, ae.decoder[0].weight)
     with pytest.raises(CheckpointError, match="shape"):
-        load_autoencoder(tmp_path / "ae.safetensors", init_autoencoder(2, 31, 7))
+        load_autoencoder(tmp_path / "ae.safetensors", init_autoencoder(2, 31, 7, 42))
 
 
 def test_writes_are_atomic_no_partial_file_on_failure(tmp_path, tiny_model, monkeypatch):

@@ -3,23 +3,23 @@
 import pytest
 import torch
 
-from moe_adapters.data import ArrayImageDataset, TrainBatches, train_transform
-from moe_adapters.ddas import (
+from moe_adapters.data.batches import ArrayImageDataset, TrainBatches
+from moe_adapters.data.transforms import train_transform
+from moe_adapters.evaluation import routed_logits, text_head
+from moe_adapters.model.ddas import (
     Autoencoder,
-    DDASOptions,
     PixelFeatures,
-    ae_lr,
     autoencoder_mse,
     build_feature_extractor,
     decide_routes,
     feature_dim,
     init_autoencoder,
 )
-from moe_adapters.evaluate import routed_logits, text_head
-from moe_adapters.moe import ZERO_SHOT
-from moe_adapters.train import AETrainConfig, train_autoencoder
+from moe_adapters.model.moe import ZERO_SHOT
+from moe_adapters.training.autoencoder import train_autoencoder
+from moe_adapters.training.schedules import ae_lr
 
-from .conftest import QUADRANTS, TEMPLATES, toy_images
+from .conftest import QUADRANTS, TEMPLATES, ae_config, ddas_options, toy_images
 
 
 def test_alexnet_conv5_feature_and_autoencoder_sizes():
@@ -36,19 +36,19 @@ def test_missing_alexnet_weights_fail_fast_with_where_to_put_them(tmp_path):
 
 
 def test_untrained_autoencoders_are_the_same_in_every_job():
-    a, b = init_autoencoder(3, 50), init_autoencoder(3, 50)
+    a, b = init_autoencoder(3, 50, 100, 42), init_autoencoder(3, 50, 100, 42)
     assert all(
         torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
     )
-    c = init_autoencoder(4, 50)
+    c = init_autoencoder(4, 50, 100, 42)
     assert not torch.equal(a.encoder[0].weight, c.encoder[0].weight)
 
 
 def test_step_decay_of_the_autoencoder_learning_rate():
-    assert ae_lr(0.01, 0, 5) == 0.01
-    assert ae_lr(0.01, 49, 5) == 0.01
-    assert ae_lr(0.01, 50, 5) == pytest.approx(0.001)
-    assert ae_lr(0.01, 300, 10_000) == 0.01  # large data: no decay within 300 steps
+    assert ae_lr(0.01, 0, 5, 10) == 0.01
+    assert ae_lr(0.01, 49, 5, 10) == 0.01
+    assert ae_lr(0.01, 50, 5, 10) == pytest.approx(0.001)
+    assert ae_lr(0.01, 300, 10_000, 10) == 0.01  # large data: no decay within 300 steps
 
 
 def test_batch_decision_rule():
@@ -61,7 +61,7 @@ def test_batch_decision_rule():
             [0.01, 0.02, 0.03, 0.04],
         ]
     )
-    opts = DDASOptions(threshold=0.0655, batch_size=2)
+    opts = ddas_options(threshold=0.0655, batch_size=2)
     assert decide_routes(mse, 4, opts).tolist() == [0, 0, ZERO_SHOT, ZERO_SHOT]
     # above the threshold: zero-shot even if a task autoencoder wins
     assert decide_routes(mse + 0.1, 4, opts).tolist() == [ZERO_SHOT] * 4
@@ -70,28 +70,28 @@ def test_batch_decision_rule():
     assert decide_routes(tie, 4, opts).tolist() == [0, 0]
     # the batch decides on the mean: one odd sample does not flip its batch, per-sample does
     mixed = torch.tensor([[0.05, 0.01, 0.03], [0.05, 0.04, 0.02], [0.05, 0.01, 0.03]])
-    assert decide_routes(mixed, 3, DDASOptions(batch_size=3)).tolist() == [0, 0, 0]
-    assert decide_routes(mixed, 3, DDASOptions(batch_size=3, per_sample=True)).tolist() == [0, 1, 0]
+    assert decide_routes(mixed, 3, ddas_options(batch_size=3)).tolist() == [0, 0, 0]
+    assert decide_routes(mixed, 3, ddas_options(batch_size=3, per_sample=True)).tolist() == [0, 1, 0]
 
 
 def test_untrained_autoencoders_compete_unless_only_trained():
     mse = torch.tensor([[0.05, 0.03, 0.01]])  # autoencoder 2 (task 1) is untrained but lowest
-    assert decide_routes(mse, 2, DDASOptions()).tolist() == [1]
-    assert decide_routes(mse, 2, DDASOptions(only_trained=True)).tolist() == [0]
+    assert decide_routes(mse, 2, ddas_options()).tolist() == [1]
+    assert decide_routes(mse, 2, ddas_options(only_trained=True)).tolist() == [0]
 
 
 def fit(kind, index, seed):
     x, y = toy_images(kind, 64, seed=seed)
     batches = TrainBatches(ArrayImageDataset(x, y), train_transform(32), 16, seed, 0)
-    ae = init_autoencoder(index, 3 * 8 * 8, 32)
-    cfg = AETrainConfig(iterations=150, lr=0.01, batch_size=16, image_size=32, checkpoint_every=0)
+    ae = init_autoencoder(index, 3 * 8 * 8, 32, 42)
+    cfg = ae_config(iterations=150, lr=0.01)
     losses = train_autoencoder(ae, PixelFeatures(8), batches, cfg, name=kind, progress=False)
     assert losses[-1] < losses[0]
     return ae
 
 
 def eval_images(kind, seed):
-    from moe_adapters.data import eval_transform
+    from moe_adapters.data.transforms import eval_transform
 
     x, y = toy_images(kind, 32, seed=seed)
     t = eval_transform(32)
@@ -108,7 +108,7 @@ def test_each_set_routes_to_its_own_autoencoder_and_unseen_data_to_zero_shot(tin
 
 def check_routing(aes, tiny_model, tokenizer):
     ext = PixelFeatures(8)
-    opts = DDASOptions(threshold=0.02, batch_size=8)
+    opts = ddas_options(threshold=0.02, batch_size=8)
     routes = {}
     for kind in ("red", "green", "blue"):
         x, _ = eval_images(kind, 100)

@@ -67,11 +67,11 @@ def test_changing_table_code_then_repro_retrains_nothing(pushed):
     evals = sorted((work / "results/mini/mini_order1/eval").glob("*.json"))
     stamps = {p: p.stat().st_mtime_ns for p in ckpts + evals}
     assert ckpts and evals
-    code = work / "src/moe_adapters/results.py"
+    code = work / "src/moe_adapters/reporting/tables.py"
     code.write_text(code.read_text() + "\n# a change to the table code only\n")
     r = run(work, "dvc", "repro", "mini")
     ran = jobs_run(r.stdout + r.stderr)
-    assert {"table", "ledger"} <= ran, r.stdout + r.stderr  # the rules that run results.py, and only reporting ones
+    assert {"table", "ledger"} <= ran, r.stdout + r.stderr  # the rules that run tables.py, and only reporting ones
     assert not ran & TRAINING_OR_EVALUATION, ran
     assert "figures" not in ran and "expert_figure" not in ran, ran
     assert {p: p.stat().st_mtime_ns for p in ckpts + evals} == stamps

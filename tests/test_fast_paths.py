@@ -7,9 +7,9 @@ head and every zero-shot image feature recomputed, every test image read for eve
 import pytest
 import torch
 
-from moe_adapters.evaluate import evaluate_dataset, image_features, routed_logits, text_head
-from moe_adapters.moe import ZERO_SHOT
-from moe_adapters.prepared import PreparedDataset
+from moe_adapters.data.prepared import PreparedDataset
+from moe_adapters.evaluation import evaluate_dataset, image_features, routed_logits, text_head
+from moe_adapters.model.moe import ZERO_SHOT
 
 from .conftest import QUADRANTS, TEMPLATES, make_prepared, trained_looking
 
@@ -109,3 +109,61 @@ def test_compiled_regions_match_eager(tiny_model):
     m.compile_regions()
     for r, want in ref.items():
         assert close(m.encode_image(x, r), want), r
+
+
+def test_batched_experts_train_as_the_dispatch_path_over_adamw_steps(tokenizer):
+    """Over several AdamW steps, with experts unselected in some steps: the same experts get no gradient at all,
+    the optimizer state (step counts, both moments) and the weights end the same as with per-expert dispatch."""
+    from moe_adapters.data.batches import ArrayImageDataset, TaskData
+    from moe_adapters.model.clip import build_model
+    from moe_adapters.training.task import train_task
+
+    from .conftest import QUADRANTS, TEMPLATES, TINY, moe_spec, task_config, toy_images
+
+    x, y = toy_images("red", 24, seed=5)
+    task = TaskData("Red", QUADRANTS, TEMPLATES, ArrayImageDataset(x, y))
+    cfg = task_config(lr=0.02, iterations=5, batch_size=4, warmup=1, image_size=32, freeze_top=2)
+    runs = {}
+    for batched in (True, False):
+        # dropout off: the two paths would draw their dropout masks differently; gating noise stays on (shared).
+        # float64, so that what remains of the two paths' different summation order is far below any tolerance
+        m = build_model(TINY, moe_spec(num_routers=2, num_experts=16, dropout=0.0), init_seed=42).double()
+        m.randomize_adapters(0.05, seed=3)
+        m.batched_experts = batched
+        seen = {"none": []}
+
+        def on_step(it, loss, opt, seen=seen):
+            seen["opt"] = opt
+            seen["none"].append(tuple(p.grad is None for p in opt.param_groups[0]["params"]))
+
+        names = {id(p): n for n, p in m.named_parameters()}
+        counts = train_task(m, 0, task, tokenizer, cfg, progress=False, on_step=on_step)
+        opt = seen["opt"]
+        params = opt.param_groups[0]["params"]
+        runs[batched] = {
+            "none": seen["none"],
+            "counts": {k: v.clone() for k, v in counts.items()},
+            "state": {names[id(p)]: {k: v.clone() for k, v in opt.state[p].items()} for p in params if p in opt.state},
+            "weights": {n: p.detach().clone() for n, p in m.named_parameters() if not n.startswith("clip.")},
+            "names": [names[id(p)] for p in params],
+        }
+    fast, ref = runs[True], runs[False]
+    assert fast["none"] == ref["none"] and len(fast["none"]) == 6  # iterations + 1 steps
+    unselected = [
+        {n for n, none in zip(ref["names"], step, strict=True) if none and ".experts." in n} for step in ref["none"]
+    ]
+    assert all(unselected) and len(set.union(*unselected)) > len(set.intersection(*unselected))  # varies by step
+    assert all(torch.equal(fast["counts"][t], ref["counts"][t]) for t in ("visual", "text"))
+    assert fast["state"].keys() == ref["state"].keys()
+    never = set(ref["names"]) - set(ref["state"])  # trainable, yet no sample ever chose them: no state at all
+    assert any(".experts." in n for n in never)
+    for name, st in ref["state"].items():
+        assert torch.equal(fast["state"][name]["step"], st["step"]), name  # AdamW stepped the same experts
+        for k in ("exp_avg", "exp_avg_sq"):
+            assert torch.allclose(fast["state"][name][k], st[k], rtol=1e-9, atol=0), (name, k)
+    for name, w in ref["weights"].items():
+        if name in never:
+            assert torch.equal(fast["weights"][name], w), name  # untouched, bit for bit
+        else:
+            # the two paths sum in different orders; in float64 that leaves ~1e-12 after 6 steps of lr 0.02
+            assert float((fast["weights"][name] - w).abs().max()) < 1e-10, name

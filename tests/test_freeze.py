@@ -2,16 +2,16 @@
 
 import torch
 
-from moe_adapters.data import ArrayImageDataset, TaskData
-from moe_adapters.train import TaskTrainConfig, train_task
+from moe_adapters.data.batches import ArrayImageDataset, TaskData
+from moe_adapters.training.task import train_task
 
-from .conftest import QUADRANTS, TEMPLATES, toy_images
+from .conftest import QUADRANTS, TEMPLATES, task_config, toy_images
 
 
 def toy_task(name, kind, seed):
     x, y = toy_images(kind, 48, seed=seed)
     ds = ArrayImageDataset(x, y)
-    return TaskData(name, QUADRANTS, TEMPLATES, ds, ds)
+    return TaskData(name, QUADRANTS, TEMPLATES, ds)
 
 
 def snapshot(model):
@@ -42,22 +42,32 @@ def test_optimizer_sees_only_unfrozen_experts_and_the_task_router(tiny_model):
     assert len(params) == expert_params * 4 + 2 * 2 * 2
 
 
-def test_freeze_most_selected_breaks_ties_low_and_only_grows(tiny_model):
+def test_frozen_set_is_torch_topk_choice_on_counts_with_ties_and_only_grows(tiny_model):
     m = tiny_model
     L, E = m.frozen_visual.shape
     counts = {"visual": torch.zeros(L, E, dtype=torch.long), "text": torch.zeros(L, E, dtype=torch.long)}
     counts["visual"][0] = torch.tensor([5, 9, 9] + [0] * (E - 3))
+    counts["text"][0] = torch.tensor([3, 3, 3, 3] + [0] * (E - 4))  # a four-way tie at the top
     m.freeze_most_selected(counts, 2)
+    # the reference: torch.topk(count_vector, 2) per layer and tower, on a 1-D float32 CPU vector
+    for tower, frozen in (("visual", m.frozen_visual), ("text", m.frozen_text)):
+        for layer in range(L):
+            want = sorted(torch.topk(counts[tower][layer].float(), 2).indices.tolist())
+            assert frozen[layer].nonzero().flatten().tolist() == want, (tower, layer)
     assert m.frozen_visual[0].nonzero().flatten().tolist() == [1, 2]
-    assert m.frozen_visual[1].nonzero().flatten().tolist() == [0, 1]  # all-zero counts: lowest indices
+    # on ties topk does not prefer the lowest index (a stable sort would freeze experts 0 and 1)
+    assert m.frozen_visual[1].nonzero().flatten().tolist() != [0, 1]
+    before = m.frozen_visual.clone()
     counts["visual"][0] = torch.tensor([0, 0, 0] + [7] * (E - 3))
     m.freeze_most_selected(counts, 2)
-    assert m.frozen_visual[0].nonzero().flatten().tolist() == [1, 2, 3, 4]
+    grown = sorted({1, 2} | set(torch.topk(counts["visual"][0].float(), 2).indices.tolist()))
+    assert m.frozen_visual[0].nonzero().flatten().tolist() == grown
+    assert (m.frozen_visual | before).equal(m.frozen_visual)
 
 
 def test_next_task_leaves_frozen_experts_and_other_routers_bit_identical(tiny_model, tokenizer):
     m = tiny_model
-    cfg = TaskTrainConfig(lr=0.05, iterations=6, batch_size=16, warmup=1, image_size=32, checkpoint_every=0)
+    cfg = task_config(lr=0.05, iterations=6, batch_size=16, warmup=1, image_size=32)
     c0 = train_task(m, 0, toy_task("A", "red", 0), tokenizer, cfg, progress=False)
     assert int(m.frozen_visual.sum()) == 2 * len(m.visual_moe)
     assert int(m.frozen_text.sum()) == 2 * len(m.text_moe)

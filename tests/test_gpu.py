@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from moe_adapters.model import BackboneSpec, MoECLIP, build_model, create_backbone, tokenizer_for
-from moe_adapters.moe import ZERO_SHOT, MoESpec
+from moe_adapters.model.clip import BackboneSpec, MoECLIP, build_model, create_backbone, tokenizer_for
+from moe_adapters.model.moe import ZERO_SHOT
 
-from .conftest import TINY, trained_looking
+from .conftest import TINY, moe_spec, trained_looking
 
 pytestmark = pytest.mark.gpu
 
@@ -22,7 +22,7 @@ def rel(a, b):
 @torch.no_grad()
 def test_fast_paths_equal_straightforward_on_cuda():
     torch.backends.cuda.matmul.allow_tf32 = False
-    m = trained_looking(build_model(TINY, MoESpec(num_routers=3))).cuda().eval()
+    m = trained_looking(build_model(TINY, moe_spec(num_routers=3), init_seed=42)).cuda().eval()
     tok = tokenizer_for(TINY)
     x = torch.randn(16, 3, 32, 32, device="cuda")
     t = tok(["a photo of a cat.", "a blob at the top left.", "a diagram of a very large dog."]).cuda()
@@ -36,7 +36,7 @@ def test_fast_paths_equal_straightforward_on_cuda():
 
 def test_paper_training_step_peak_memory_under_12_gb():
     spec = BackboneSpec("ViT-B-16", True, None)
-    m = MoECLIP(create_backbone(spec), MoESpec(num_routers=11), spec).cuda().train()
+    m = MoECLIP(create_backbone(spec), moe_spec(), spec, init_seed=42).cuda().train()
     params = m.set_trainable(3)
     opt = torch.optim.AdamW(params, lr=1e-5, fused=True)
     tok = tokenizer_for(spec)
@@ -56,7 +56,7 @@ def test_paper_training_step_peak_memory_under_12_gb():
 
 @torch.no_grad()
 def test_bf16_and_compile_on_cuda_stay_close():
-    m = trained_looking(build_model(TINY, MoESpec(num_routers=3))).cuda().eval()
+    m = trained_looking(build_model(TINY, moe_spec(num_routers=3), init_seed=42)).cuda().eval()
     x = torch.randn(8, 3, 32, 32, device="cuda")
     ref = m.encode_image(x, 1, normalize=True)
     m.autocast_dtype = torch.bfloat16

@@ -6,8 +6,13 @@ import pytest
 import torch
 
 from moe_adapters.cli import main
-from moe_adapters.model import BackboneSpec, MoECLIP, create_backbone
-from moe_adapters.moe import CIL_SPEC, MTIL_SPEC, ZERO_SHOT
+from moe_adapters.model.clip import BackboneSpec, MoECLIP, create_backbone
+from moe_adapters.model.moe import ZERO_SHOT
+
+from .conftest import moe_spec
+
+MTIL_SPEC = moe_spec()
+CIL_SPEC = moe_spec(num_experts=2, top_k=2, num_routers=1)
 
 
 @torch.no_grad()
@@ -54,7 +59,7 @@ def test_unknown_route_is_refused(tiny_model):
 def test_vit_b16_zero_shot_and_fresh_routes_equal_open_clip():
     torch.manual_seed(0)
     clip = create_backbone(BackboneSpec("ViT-B-16", True, None))
-    m = MoECLIP(clip, MTIL_SPEC).eval()
+    m = MoECLIP(clip, MTIL_SPEC, BackboneSpec("ViT-B-16", True, None), init_seed=42).eval()
     m.set_trainable(None)
     images = torch.randn(2, 3, 224, 224)
     ref = clip.encode_image(images)
@@ -77,7 +82,7 @@ def test_paper_parameter_counts(capsys):
 
 def test_expert_and_router_totals_split_as_in_spec():
     clip = create_backbone(BackboneSpec("ViT-B-16", True, None))
-    c = MoECLIP(clip, MTIL_SPEC).parameter_counts()
+    c = MoECLIP(clip, MTIL_SPEC, BackboneSpec("ViT-B-16", True, None), init_seed=42).parameter_counts()
     assert c["experts"] == 43_625_472
     assert c["moe"] - c["experts"] == 7_434_240
-    assert MoECLIP(clip, CIL_SPEC).parameter_counts()["moe"] == 4_027_392
+    assert MoECLIP(clip, CIL_SPEC, BackboneSpec("ViT-B-16", True, None), init_seed=42).parameter_counts()["moe"] == 4_027_392

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from moe_adapters.moe import Expert, MoELayer, MoESpec, noisy_top_k_gating
+from moe_adapters.model.moe import Expert, MoELayer, noisy_top_k_gating
+
+from .conftest import moe_spec
 
 
 def randomize(layer: MoELayer, seed: int = 0) -> None:
@@ -14,9 +16,9 @@ def randomize(layer: MoELayer, seed: int = 0) -> None:
 
 
 def test_expert_outputs_zero_at_init_and_has_paper_size():
-    e = Expert(768, 64)
+    e = Expert(768, 64, 0.1, 0.1)
     assert sum(p.numel() for p in e.parameters()) == 99_136
-    assert sum(p.numel() for p in Expert(512, 64).parameters()) == 66_112
+    assert sum(p.numel() for p in Expert(512, 64, 0.1, 0.1).parameters()) == 66_112
     x = torch.randn(3, 5, 768)
     assert torch.equal(e(x), torch.zeros(3, 5, 768))
     assert e.down_proj.weight.abs().sum() > 0  # the down projection is not zero
@@ -26,7 +28,7 @@ def test_expert_outputs_zero_at_init_and_has_paper_size():
 def test_exactly_two_gates_summing_to_one(noisy):
     torch.manual_seed(0)
     c = torch.randn(64, 32)
-    g = noisy_top_k_gating(c, torch.randn(32, 22), torch.randn(32, 22), 2, noisy)
+    g = noisy_top_k_gating(c, torch.randn(32, 22), torch.randn(32, 22), 2, noisy, noise_epsilon=0.01)
     assert ((g.gates != 0).sum(dim=1) == 2).all()
     assert torch.allclose(g.gates.sum(dim=1), torch.ones(64), atol=1e-6)
     # the chosen experts are where the gates are, highest weight first
@@ -37,26 +39,26 @@ def test_exactly_two_gates_summing_to_one(noisy):
 def test_no_noise_in_evaluation_and_noise_in_training():
     torch.manual_seed(0)
     c, w, wn = torch.randn(16, 8), torch.randn(8, 6), torch.randn(8, 6)
-    a = noisy_top_k_gating(c, w, wn, 2, noisy=False)
-    b = noisy_top_k_gating(c, w, wn, 2, noisy=False)
+    a = noisy_top_k_gating(c, w, wn, 2, noisy=False, noise_epsilon=0.01)
+    b = noisy_top_k_gating(c, w, wn, 2, noisy=False, noise_epsilon=0.01)
     assert torch.equal(a.gates, b.gates)
     clean = c @ w
     assert torch.equal(a.indices, clean.topk(2, dim=1).indices)
     assert torch.allclose(a.weights, torch.softmax(clean.topk(2, dim=1).values, dim=1))
-    n1 = noisy_top_k_gating(c, w, wn, 2, noisy=True)
-    n2 = noisy_top_k_gating(c, w, wn, 2, noisy=True)
+    n1 = noisy_top_k_gating(c, w, wn, 2, noisy=True, noise_epsilon=0.01)
+    n2 = noisy_top_k_gating(c, w, wn, 2, noisy=True, noise_epsilon=0.01)
     assert not torch.equal(n1.gates, n2.gates)
 
 
 def test_ties_go_to_lower_expert_index():
     c = torch.randn(4, 8)
-    g = noisy_top_k_gating(c, torch.zeros(8, 5), torch.zeros(8, 5), 2, noisy=False)
+    g = noisy_top_k_gating(c, torch.zeros(8, 5), torch.zeros(8, 5), 2, noisy=False, noise_epsilon=0.01)
     assert g.indices.tolist() == [[0, 1]] * 4
     assert torch.equal(g.weights, torch.full((4, 2), 0.5))
 
 
 def test_batched_experts_equal_per_expert_dispatch_forward_and_backward():
-    spec = MoESpec(num_experts=7, top_k=2, bottleneck=6, num_routers=2, dropout=0.0)
+    spec = moe_spec(num_experts=7, top_k=2, bottleneck=6, num_routers=2, dropout=0.0)
     layer = MoELayer(16, spec)
     randomize(layer)
     x = torch.randn(9, 5, 16, requires_grad=True)
@@ -73,7 +75,7 @@ def test_batched_experts_equal_per_expert_dispatch_forward_and_backward():
 
 
 def test_every_token_of_a_sample_uses_the_sample_experts():
-    spec = MoESpec(num_experts=4, top_k=1, bottleneck=3, num_routers=1, dropout=0.0)
+    spec = moe_spec(num_experts=4, top_k=1, bottleneck=3, num_routers=1, dropout=0.0)
     layer = MoELayer(8, spec)
     randomize(layer, 1)
     x = torch.randn(2, 6, 8)
@@ -85,7 +87,7 @@ def test_every_token_of_a_sample_uses_the_sample_experts():
 
 
 def test_selection_counts_per_expert():
-    spec = MoESpec(num_experts=5, top_k=2, bottleneck=3, num_routers=1)
+    spec = moe_spec(num_experts=5, top_k=2, bottleneck=3, num_routers=1)
     layer = MoELayer(8, spec)
     randomize(layer, 2)
     counts = torch.zeros(5, dtype=torch.long)
@@ -97,6 +99,6 @@ def test_selection_counts_per_expert():
 
 
 def test_router_out_of_range_is_an_error():
-    layer = MoELayer(8, MoESpec(num_experts=3, num_routers=2, bottleneck=2))
+    layer = MoELayer(8, moe_spec(num_experts=3, num_routers=2, bottleneck=2))
     with pytest.raises(IndexError):
         layer(torch.randn(1, 2, 8), router=2, noisy=False)

@@ -15,11 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
-from moe_adapters import mtil_data as md
-from moe_adapters.config import load_config
-from moe_adapters.data import TrainBatches, few_shot_subset
-from moe_adapters.prepared import DataMissingError, PreparedDataset
+from moe_adapters.data import mtil as md
+from moe_adapters.data.batches import TrainBatches, few_shot_subset
+from moe_adapters.data.prepared import DataMissingError, PreparedDataset
 from moe_adapters.protocol import load_protocol
+from moe_adapters.steps.specs import image_size
+
+PAPER_SIZE = image_size("ViT-B-16")
 
 PROTO = load_protocol("mtil")
 
@@ -150,7 +152,9 @@ def build_mnist(raw: Path):
     for prefix, n in (("train", 20), ("t10k", 5)):
         idx_file(d / f"{prefix}-images-idx3-ubyte", (rng.random((n, 28, 28)) * 255).astype(np.uint8))
         idx_file(d / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
-    return {"train": 20, "test": 5}, 10, [str(i) for i in range(10)]
+    # torchvision's MNIST.classes, kept verbatim as by ZSCL and the reference (prompts: 'a photo of the number: "0 - zero".')
+    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    return {"train": 20, "test": 5}, 10, [f"{i} - {w}" for i, w in enumerate(words)]
 
 
 def build_pets(raw: Path):
@@ -247,8 +251,8 @@ def fake_pins(spec: dict, sizes: dict, num_classes: int) -> None:
 
 @pytest.fixture
 def cfg(tmp_path):
-    c = load_config(None, {"data_root": str(tmp_path / "data"), "eval": {"num_workers": 0}})
-    return c
+    """The data root of a test (raw data under <root>/raw)."""
+    return str(tmp_path / "data")
 
 
 @pytest.fixture
@@ -264,7 +268,7 @@ def test_each_dataset_prepares(cfg, pins, name):
     raw = md.raw_root(cfg) / name
     names = build(name, raw, pins)
     spec = pins["datasets"][name]
-    out = md.prepare_dataset(cfg, name, Path(cfg["data_root"]) / name, pins=pins, download=False, image_size=32)
+    out = md.prepare_dataset(name, Path(cfg) / name, data_root=cfg, pins=pins, download=False, image_size=32)
     p = PreparedDataset(out, verify=True)
     m = p.meta
     assert m["classnames"] == names
@@ -275,8 +279,6 @@ def test_each_dataset_prepares(cfg, pins, name):
     assert images.dtype == np.uint8 and images.shape == (spec["sizes"]["test"], 3, 32, 32)
     assert labels.min() >= 0 and labels.max() < len(names)
     assert np.load(out / "test_index.npy").shape == (spec["sizes"]["test"],)
-    shots = np.load(out / "fewshot_5.npy")
-    assert len(shots) == len(set(shots.tolist())) and shots.max() < m["num_train"]
     train = p.train_dataset()
     assert len(train) == spec["sizes"]["train"]
     img, y = train[0]
@@ -287,10 +289,10 @@ def test_each_dataset_prepares(cfg, pins, name):
 
 
 def test_eval_cache_uses_the_model_resolution_and_eval_geometry(cfg, pins):
-    from moe_adapters.data import eval_geometry
+    from moe_adapters.data.transforms import eval_geometry
 
     build("DTD", md.raw_root(cfg) / "DTD", pins)
-    out = md.prepare_dataset(cfg, "DTD", Path(cfg["data_root"]) / "DTD", pins=pins, download=False)
+    out = md.prepare_dataset("DTD", Path(cfg) / "DTD", data_root=cfg, pins=pins, download=False, image_size=PAPER_SIZE)
     images, _ = PreparedDataset(out).test_arrays()
     assert images.shape == (3, 3, 224, 224)  # ViT-B-16's resolution, read from its open_clip config
     first = np.load(out / "test_index.npy")[0]
@@ -313,9 +315,9 @@ def test_pinned_checksum_mismatch_is_refused_and_the_file_never_used(cfg, pins):
     raw.mkdir(parents=True)
     (raw / "dtd-r1.0.1.tar.gz").write_bytes(b"not the archive")
     pins["datasets"]["DTD"]["sources"][0]["size"] = None  # reach the SHA-256 comparison
-    out = Path(cfg["data_root"]) / "DTD"
+    out = Path(cfg) / "DTD"
     with pytest.raises(md.ChecksumError, match=r"DTD: .*dtd-r1\.0\.1\.tar\.gz is not the expected file; it was not used"):
-        md.prepare_dataset(cfg, "DTD", out, pins=pins, download=False)
+        md.prepare_dataset("DTD", out, data_root=cfg, pins=pins, download=False, image_size=PAPER_SIZE)
     assert not (raw / "dtd").exists()  # never unpacked
     assert not (out / "meta.json").exists()
 
@@ -327,14 +329,14 @@ def test_archive_is_verified_then_unpacked_and_the_tree_is_locked(cfg, pins, tmp
     raw.mkdir(parents=True)
     sha = _tar(stage / "dtd" / "dtd", "dtd", raw / "dtd-r1.0.1.tar.gz")
     pins["datasets"]["DTD"]["sources"][0]["sha256"] = sha  # pinned, as in production
-    out = md.prepare_dataset(cfg, "DTD", tmp_path / "p1", pins=pins, download=False, image_size=32)
+    out = md.prepare_dataset("DTD", tmp_path / "p1", data_root=cfg, pins=pins, download=False, image_size=32)
     assert (raw / "dtd" / "dtd" / "labels" / "train1.txt").is_file()
     assert PreparedDataset(out).meta["raw"]["pinned"] == ["dtd-r1.0.1.tar.gz"]
     # a file of the unpacked tree changes later: refused, naming it
     victim = sorted((raw / "dtd" / "dtd" / "images" / "banded").glob("*.jpg"))[0]
     jpeg(victim, 999)
     with pytest.raises(md.ChecksumError, match=r"images/banded/banded_0000\.jpg"):
-        md.prepare_dataset(cfg, "DTD", tmp_path / "p2", pins=pins, download=False, image_size=32)
+        md.prepare_dataset("DTD", tmp_path / "p2", data_root=cfg, pins=pins, download=False, image_size=32)
     assert not (tmp_path / "p2" / "meta.json").exists()
 
 
@@ -347,9 +349,9 @@ def test_unpinned_archive_checked_against_torchvision_md5_then_recorded(cfg, pin
     src = pins["datasets"]["CIFAR100"]["sources"][0]
     src["md5"] = "0" * 32
     with pytest.raises(md.ChecksumError, match="md5 differs from torchvision's"):
-        md.prepare_dataset(cfg, "CIFAR100", tmp_path / "p", pins=pins, download=False, image_size=32)
+        md.prepare_dataset("CIFAR100", tmp_path / "p", data_root=cfg, pins=pins, download=False, image_size=32)
     src["md5"] = hashlib.md5((raw / "cifar-100-python.tar.gz").read_bytes()).hexdigest()
-    md.prepare_dataset(cfg, "CIFAR100", tmp_path / "p", pins=pins, download=False, image_size=32)
+    md.prepare_dataset("CIFAR100", tmp_path / "p", data_root=cfg, pins=pins, download=False, image_size=32)
     lock = json.loads((md.raw_root(cfg) / "checksums" / "CIFAR100.lock.json").read_text())
     assert lock["sources"]["cifar-100-python.tar.gz"] == hashlib.sha256(
         (raw / "cifar-100-python.tar.gz").read_bytes()
@@ -358,11 +360,11 @@ def test_unpinned_archive_checked_against_torchvision_md5_then_recorded(cfg, pin
 
 def test_recorded_source_sha256_refuses_a_changed_file(cfg, pins, tmp_path):
     build("Flowers", md.raw_root(cfg) / "Flowers", pins)
-    md.prepare_dataset(cfg, "Flowers", tmp_path / "p1", pins=pins, download=False, image_size=32)
+    md.prepare_dataset("Flowers", tmp_path / "p1", data_root=cfg, pins=pins, download=False, image_size=32)
     mat = md.raw_root(cfg) / "Flowers" / "flowers-102" / "setid.mat"
     savemat(mat, {"trnid": np.array([1, 2]), "valid": np.array([4]), "tstid": np.array([5, 6, 3])})
     with pytest.raises(md.ChecksumError, match="setid.mat.*recorded on first use"):
-        md.prepare_dataset(cfg, "Flowers", tmp_path / "p2", pins=pins, download=False, image_size=32)
+        md.prepare_dataset("Flowers", tmp_path / "p2", data_root=cfg, pins=pins, download=False, image_size=32)
 
 
 def test_pinned_md5s_are_torchvisions(pins):
@@ -387,14 +389,14 @@ def test_pinned_md5s_are_torchvisions(pins):
 
 def test_missing_manual_dataset_names_it_and_where_while_others_prepare(cfg, pins):
     with pytest.raises(DataMissingError) as e:
-        md.prepare_dataset(cfg, "StanfordCars", Path(cfg["data_root"]) / "StanfordCars", pins=pins)
+        md.prepare_dataset("StanfordCars", Path(cfg) / "StanfordCars", data_root=cfg, pins=pins, image_size=PAPER_SIZE)
     msg = str(e.value)
     where = str((md.raw_root(cfg) / "StanfordCars").resolve())
     assert "StanfordCars" in msg and "by hand" in msg and where in msg
     for f in ("car_devkit.tgz", "cars_train.tgz", "cars_test.tgz", "cars_test_annos_withlabels.mat"):
         assert f in msg
     build("DTD", md.raw_root(cfg) / "DTD", pins)
-    out = md.prepare_dataset(cfg, "DTD", Path(cfg["data_root"]) / "DTD", pins=pins, image_size=32)
+    out = md.prepare_dataset("DTD", Path(cfg) / "DTD", data_root=cfg, pins=pins, image_size=32)
     assert (out / "meta.json").is_file()
 
 
@@ -415,7 +417,7 @@ def test_offline_check_of_everything_is_fast_and_one_message(cfg, monkeypatch):
     for name in ("Food", "SUN397"):  # one dataset alone fails just as fast
         start = time.perf_counter()
         with pytest.raises(DataMissingError, match=name):
-            md.prepare_dataset(cfg, name, Path(cfg["data_root"]) / name, download=True)
+            md.prepare_dataset(name, Path(cfg) / name, data_root=cfg, download=True, image_size=PAPER_SIZE)
         assert time.perf_counter() - start < 1
 
 
@@ -433,7 +435,7 @@ def test_cli_check_all(tmp_path, capsys, monkeypatch):
 def test_check_all_reports_present_and_prepared(cfg, pins):
     build("DTD", md.raw_root(cfg) / "DTD", pins)
     build("MNIST", md.raw_root(cfg) / "MNIST", pins)
-    md.prepare_dataset(cfg, "MNIST", Path(cfg["data_root"]) / "MNIST", pins=pins, image_size=32)
+    md.prepare_dataset("MNIST", Path(cfg) / "MNIST", data_root=cfg, pins=pins, image_size=32)
     assert md.check_all(cfg, ["DTD", "MNIST"], pins=pins) == {"DTD": "raw data present", "MNIST": "prepared"}
 
 
@@ -457,11 +459,11 @@ def test_download_goes_through_part_file_and_verification(cfg, pins, tmp_path, m
     src = pins["datasets"]["EuroSAT"]["sources"][0]
     src["sha256"] = "f" * 64  # a wrong pin: the download is refused and not kept
     with pytest.raises(md.ChecksumError, match="EuroSAT.zip is not the expected file"):
-        md.prepare_dataset(cfg, "EuroSAT", tmp_path / "p", pins=pins, download=True, image_size=32)
+        md.prepare_dataset("EuroSAT", tmp_path / "p", data_root=cfg, pins=pins, download=True, image_size=32)
     raw = md.raw_root(cfg) / "EuroSAT"
     assert not (raw / "EuroSAT.zip").exists() and not (raw / "eurosat").exists()
     src["sha256"] = hashlib.sha256(archive.read_bytes()).hexdigest()
-    md.prepare_dataset(cfg, "EuroSAT", tmp_path / "p", pins=pins, download=True, image_size=32)
+    md.prepare_dataset("EuroSAT", tmp_path / "p", data_root=cfg, pins=pins, download=True, image_size=32)
     assert calls[-1] == (src["url"], "EuroSAT.zip.part") and (raw / "EuroSAT.zip").is_file()
 
 
@@ -470,9 +472,9 @@ def test_download_goes_through_part_file_and_verification(cfg, pins, tmp_path, m
 
 def test_undecodable_test_image_is_reported_and_nothing_prepared(cfg, pins):
     build("DTD", md.raw_root(cfg) / "DTD", pins, bad_test=True)
-    out = Path(cfg["data_root"]) / "DTD"
+    out = Path(cfg) / "DTD"
     with pytest.raises(md.DecodeError) as e:
-        md.prepare_dataset(cfg, "DTD", out, pins=pins, image_size=32)
+        md.prepare_dataset("DTD", out, data_root=cfg, pins=pins, image_size=32)
     msg = str(e.value)
     assert msg.startswith("DTD: 1 test image(s) failed to decode") and "polka-dotted/polka-dotted_0005.jpg" in msg
     assert not (out / "meta.json").exists() and not list(out.glob("*.tmp"))
@@ -480,14 +482,14 @@ def test_undecodable_test_image_is_reported_and_nothing_prepared(cfg, pins):
 
 def test_truncated_train_image_stops_prepare(cfg, pins):
     build("DTD", md.raw_root(cfg) / "DTD", pins, bad_train=True)
-    out = Path(cfg["data_root"]) / "DTD"
+    out = Path(cfg) / "DTD"
     with pytest.raises(md.DecodeError, match=r"(?s)DTD: 1 train image\(s\) failed to decode.*banded_0000\.jpg"):
-        md.prepare_dataset(cfg, "DTD", out, pins=pins, image_size=32)
+        md.prepare_dataset("DTD", out, data_root=cfg, pins=pins, image_size=32)
     assert not (out / "meta.json").exists()
     # nothing was trusted: once the copy is repaired, it prepares (no stale first-use record in the way)
     assert not (md.raw_root(cfg) / "checksums" / "DTD.lock.json").exists()
     jpeg(md.raw_root(cfg) / "DTD" / "dtd" / "dtd" / "images" / "banded" / "banded_0000.jpg", 0)
-    md.prepare_dataset(cfg, "DTD", out, pins=pins, image_size=32)
+    md.prepare_dataset("DTD", out, data_root=cfg, pins=pins, image_size=32)
     assert (out / "meta.json").is_file()
 
 
@@ -517,7 +519,7 @@ def test_a_dataset_of_another_size_is_refused(cfg, pins):
     build("EuroSAT", md.raw_root(cfg) / "EuroSAT", pins)
     pins["datasets"]["EuroSAT"]["split"]["n"] = 27000
     with pytest.raises(md.DatasetSizeError, match="20 images on disk, the recorded size is 27,000"):
-        md.prepare_dataset(cfg, "EuroSAT", Path(cfg["data_root"]) / "EuroSAT", pins=pins, image_size=32)
+        md.prepare_dataset("EuroSAT", Path(cfg) / "EuroSAT", data_root=cfg, pins=pins, image_size=32)
 
 
 def test_sun397_order_is_sorted_and_its_file_list_pinned(cfg, pins):
@@ -526,7 +528,7 @@ def test_sun397_order_is_sorted_and_its_file_list_pinned(cfg, pins):
     assert src.paths == sorted(src.paths)
     pins["datasets"]["SUN397"]["order_sha256"] = "0" * 64
     with pytest.raises(md.DatasetSizeError, match="not the recorded list"):
-        md.prepare_dataset(cfg, "SUN397", Path(cfg["data_root"]) / "SUN397", pins=pins, image_size=32)
+        md.prepare_dataset("SUN397", Path(cfg) / "SUN397", data_root=cfg, pins=pins, image_size=32)
 
 
 def test_few_shot_indices_are_the_training_loop_selection():

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from moe_adapters.costs import read_costs
 from moe_adapters.metrics import mtil_metrics, read_matrix_csv, round1
-from moe_adapters.results import zero_shot_matrix
+from moe_adapters.reporting.costs import read_costs
+from moe_adapters.reporting.tables import zero_shot_matrix
 
 from .chromium import Chromium, find_chromium
 from .workflow_helpers import snakemake
@@ -27,7 +27,9 @@ def run(reduced_mini_run):
     reduced_mini_run.check()
     r = reduced_mini_run.workdir / "results/mini"
     evaluation = json.loads((r / RUN / "eval/zero_shot.json").read_text())
-    return r, evaluation
+    provenance = json.loads((r / f"{RUN}_metrics.json").read_text())["provenance"]
+    # what every reader-facing output names: the run's config hash, the steps' commit
+    return r, {"config_hash": provenance["config_hash"], "commit": evaluation["commit"], "provenance": provenance}
 
 
 def fmt(v) -> str:
@@ -63,15 +65,17 @@ def test_every_result_a_reader_needs_is_there(run):
         with Image.open(r / RUN / "figures" / f"{name}.png") as im:
             assert im.format == "PNG" and im.width >= 400 and im.height >= 250, name
     config = (r / RUN / "config.yaml").read_text()
-    assert config.startswith(f"# validated run config, hash {evaluation['config_hash']} ")
+    assert config.startswith(f"# validated run config of {RUN}, hash {evaluation['config_hash']} ")
 
 
 def test_tables_match_the_matrix_they_came_from(run):
-    r, _ = run
+    r, prov = run
     names, acc, want = expected_rows(r)
     header, *body = list(csv.reader((r / f"{RUN}_table.csv").open()))
-    assert header == ["method", "metric", *names, "mean"]
-    got = {(row[0], row[1]): row[2:] for row in body}
+    assert header == ["method", "metric", *names, "mean", "config", "commit", "deviations"]
+    got = {(row[0], row[1]): row[2:-3] for row in body}
+    # every row says what produced it: the run's config hash, the steps' commit, the deviations from the reference
+    assert {tuple(row[-3:]) for row in body} == {(prov["config_hash"], prov["commit"], prov["provenance"]["deviations_text"])}
     assert got == want  # mini: ours and zero-shot only, no paper rows and no differences to invent
 
     md = (r / f"{RUN}_table.md").read_text()
@@ -115,8 +119,7 @@ def test_cost_of_every_stage(run):
     assert stages.count("pretraining") == 1
     for c in costs:
         assert c["wall_seconds"] > 0 and c["peak_memory_bytes"] > 10 << 20 and c["device"] == "cpu", c
-        if c["stage"] != "backbone":
-            assert c["config_hash"] and c["commit"] == evaluation["commit"], c
+        assert c["config_hash"] and c["commit"] == evaluation["commit"], c  # each step's own config slice hash
     for c in costs:
         if c["stage"] in ("training", "autoencoders", "pretraining"):
             assert c["trainable_parameters"] > 0, c

@@ -8,17 +8,21 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from moe_adapters import figures
-from moe_adapters.costs import costs_csv, format_bytes, format_seconds, read_costs, stage_summary
+from moe_adapters.fsutil import write_json
 from moe_adapters.metrics import mtil_metrics, round1
 from moe_adapters.protocol import load_protocol, paper_numbers
-from moe_adapters.reporting import ledger_step
-from moe_adapters.results import (
+from moe_adapters.reporting import figures
+from moe_adapters.reporting.costs import costs_csv, format_bytes, format_seconds, read_costs, stage_summary
+from moe_adapters.reporting.steps import ablation_step, ledger_step
+from moe_adapters.reporting.tables import (
     DIFF,
     build_table,
+    commits,
+    devices,
     ledger_markdown,
     ledger_rows,
     markdown_table,
+    paper_means,
     parse_run,
     run_metrics,
     run_name,
@@ -58,8 +62,23 @@ def test_metrics_json_is_the_metrics_command_plus_zero_shot_means():
 def test_run_names_round_trip():
     for args in [("mtil", "order1", 0), ("mtil", "order2", 5), ("mini", "order1", 0)]:
         assert parse_run(run_name(*args)) == args
+        assert parse_run(run_name(*args) + "-experts8") == args  # a variant of the setting
     with pytest.raises(ValueError):
         parse_run("mtil-order1")
+
+
+def provenance(run, config="abc123", deviations=None, costs=COSTS):
+    from moe_adapters.config import format_deviations
+
+    return {"run": run, "setting": run.split("-")[0], "variant": None, "config_hash": config,
+            "commit": commits(costs), "device": devices(costs), "deviations": deviations or {},
+            "deviations_text": format_deviations(deviations or {})}
+
+
+def metrics_json(path, run, names, acc, zs, paper=None, **prov):
+    m = {**run_metrics(names, acc, zs), "paper": paper, "provenance": provenance(run, **prov)}
+    write_json(path, m)
+    return m
 
 
 def test_mtil_table_and_ledger_put_the_paper_beside_ours(tmp_path):
@@ -77,38 +96,66 @@ def test_mtil_table_and_ledger_put_the_paper_beside_ours(tmp_path):
     assert by[(DIFF, "Transfer")][0] is None  # the first dataset has no transfer, in either
 
     table = tmp_path / "mtil_order1_table.csv"
-    table.write_text(table_csv(names, rows))
+    prov = provenance("mtil_order1", costs=[PRETRAIN, *COSTS])
+    table.write_text(table_csv(names, rows, prov))
     header, *body = list(csv.reader(table.open()))
-    ledger = ledger_rows("mtil_order1", header, body, [PRETRAIN, *COSTS])
+    assert header[-3:] == ["config", "commit", "deviations"]
+    assert {tuple(r[-3:]) for r in body} == {("abc123", "deadbee", "faithful to the reference")}
+    m = metrics_json(tmp_path / "m.json", "mtil_order1", names, acc, zs, paper_means("mtil", "order1", 0),
+                     costs=[PRETRAIN, *COSTS])
+    ledger = ledger_rows(m)
     last = next(r for r in ledger if r["method"] == "MoE-Adapters" and r["metric"] == "Last")
     assert last["paper"] == paper["mean"]["last"] and last["ours"] == ours[-1]
     assert last["difference"] == round1(ours[-1] - paper["mean"]["last"])
+    # provenance of the run's own steps: pretraining, shared by every run, is not it
     assert (last["config"], last["commit"], last["device"]) == ("abc123", "deadbee", "cpu")
-    md = table_markdown(names, rows, run="mtil_order1", config_hash="abc123", commit="deadbee", acc=acc, costs=COSTS)
+    md = table_markdown(names, rows, run="mtil_order1", provenance=prov, acc=acc, costs=COSTS)
     assert "| MoE-Adapters (paper) | Avg | " + " | ".join(f"{v:.1f}" for v in by[("MoE-Adapters (paper)", "Avg")]) in md
+    assert "Deviations: faithful to the reference." in md
 
 
 def test_mini_has_no_paper_numbers_and_says_so(tmp_path):
     rows = build_table(NAMES, ACC, [40.0, 50.0, 70.0], benchmark="mini", order="order1", shots=0)
     assert [r[0] for r in rows] == ["MoE-Adapters (ours)"] * 3 + ["Zero-shot CLIP (ours)"] * 3
-    md = table_markdown(NAMES, rows, run="mini_order1", config_hash="abc123", commit="deadbee", acc=ACC)
+    devs = {"ddas.threshold": {"value": 0.5, "reference": 0.0655}}
+    md = table_markdown(NAMES, rows, run="mini_order1", provenance=provenance("mini_order1", deviations=devs), acc=ACC)
     assert "no published numbers" in md and "(paper)" not in md
-    ledger = ledger_rows("mini_order1", ["method", "metric", *NAMES, "mean"], [[str(c) for c in r] for r in rows], [])
+    assert "Deviations: ddas.threshold=0.5 (reference: 0.0655)." in md
+    m = metrics_json(tmp_path / "m.json", "mini_order1", NAMES, ACC, [40.0, 50.0, 70.0], None, deviations=devs)
+    ledger = ledger_rows(m)
     assert all(r["paper"] is None and r["difference"] is None for r in ledger)
     text = ledger_markdown(ledger, ["mini_order1"])
     assert "| mini_order1 | MoE-Adapters | Last | — | 80.0 | — |" in text
+    assert "ddas.threshold=0.5 (reference: 0.0655)" in text
     assert "no published numbers: the mini benchmark is this project's own" in text
 
 
-def test_ledger_refuses_a_cost_file_of_another_run(tmp_path):
-    table = tmp_path / "mini_order1_table.csv"
-    table.write_text(table_csv(NAMES, build_table(NAMES, ACC, [1.0, 2.0, 3.0], benchmark="mini", order="order1", shots=0)))
-    other = tmp_path / "mini_order2" / "costs.csv"
-    other.parent.mkdir()
-    other.write_text(costs_csv(COSTS))
-    with pytest.raises(ValueError, match="not the cost file of run mini_order1"):
-        ledger_step([table], [other], tmp_path / "REPRODUCIBILITY.md")
+def test_ledger_refuses_a_file_that_is_not_a_runs_metrics(tmp_path):
+    bad = tmp_path / "m.json"
+    write_json(bad, mtil_metrics(ACC, NAMES))  # `moe-adapters metrics --json`, without the run's provenance
+    with pytest.raises(ValueError, match="not a run's metrics.json"):
+        ledger_step([bad], tmp_path / "REPRODUCIBILITY.md")
     assert not (tmp_path / "REPRODUCIBILITY.md").exists()
+
+
+def test_ablation_table_puts_every_variant_beside_the_baseline(tmp_path):
+    base = metrics_json(tmp_path / "b.json", "mini_order1", NAMES, ACC, [40.0, 50.0, 70.0])
+    worse = np.clip(ACC - 10, 0, 100)
+    metrics_json(tmp_path / "v.json", "mini_order1-thr0.5", NAMES, worse, [40.0, 50.0, 70.0], config="def456",
+                 deviations={"ddas.threshold": {"value": 0.5, "reference": 0.0655}})
+    metrics_json(tmp_path / "s.json", "mini_order1-seed43", NAMES, ACC + 1, [40.0, 50.0, 70.0], config="789abc",
+                 deviations={"train.seed": {"value": 43, "reference": 42}})
+    ablation_step(tmp_path / "b.json", [tmp_path / "v.json", tmp_path / "s.json"], tmp_path / "a.csv", tmp_path / "a.md",
+                  title_="t", summary=True)
+    rows = list(csv.DictReader((tmp_path / "a.csv").open()))
+    assert [r["run"] for r in rows] == ["mini_order1", "mini_order1-thr0.5", "mini_order1-seed43", "mean ± std over 3 runs"]
+    assert rows[0]["changed"] == "baseline" and rows[1]["changed"] == "ddas.threshold=0.5"
+    assert float(rows[1]["last"]) == round1(float(np.mean(worse[-1]))) and float(rows[1]["d_last"]) == round1(
+        round1(float(np.mean(worse[-1]))) - base["last"]
+    )
+    lasts = [base["last"], float(rows[1]["last"]), float(rows[2]["last"])]
+    assert rows[3]["last"] == f"{np.mean(lasts):.1f} ± {np.std(lasts, ddof=1):.1f}"
+    assert "| mini_order1-thr0.5 | ddas.threshold=0.5 |" in (tmp_path / "a.md").read_text()
 
 
 def test_markdown_table_escapes_pipes_and_aligns_numbers_right():
@@ -166,12 +213,13 @@ def test_routing_shares_per_task():
 
 def test_figures_are_written_as_png(tmp_path):
     out = [
-        figures.save_figure(figures.accuracy_matrix_figure(NAMES, ACC, title="t"), tmp_path / "m.png"),
-        figures.save_figure(figures.accuracy_curves_figure(NAMES, ACC, [40, 50, 70], title="t"), tmp_path / "c.png"),
-        figures.save_figure(figures.routing_figure(ROUTING, title="t"), tmp_path / "r.png"),
+        figures.save_figure(figures.accuracy_matrix_figure(NAMES, ACC, title="t"), tmp_path / "m.png", 110),
+        figures.save_figure(figures.accuracy_curves_figure(NAMES, ACC, [40, 50, 70], title="t"), tmp_path / "c.png", 110),
+        figures.save_figure(figures.routing_figure(ROUTING, title="t"), tmp_path / "r.png", 110),
         figures.save_figure(
             figures.expert_counts_figure({"visual": np.array([[5, 0, 9], [1, 2, 3]])}, {"visual": np.eye(2, 3)}, title="t"),
             tmp_path / "e.png",
+            110,
         ),
     ]
     for path in out:

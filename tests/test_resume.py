@@ -31,19 +31,35 @@ def train_cmd(cfg, out, *extra):
 
 
 def kill_when_state_appears(cmd, state, min_step):
+    """Start `cmd` in its own process group and kill -9 the whole group once a resume state of `min_step` exists."""
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        start_new_session=True,
     )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if state.exists():
-            step = torch.load(state, weights_only=True)["step"] if state.stat().st_size else 0
+            try:
+                step = torch.load(state, weights_only=True)["step"]
+            except Exception:  # caught mid-rename: look again
+                step = 0
             if step >= min_step:
-                proc.send_signal(signal.SIGKILL)
+                os.killpg(proc.pid, signal.SIGKILL)
                 break
         time.sleep(0.01)
     proc.wait()
     return proc.returncode
+
+
+def state_of(out):
+    return out.parent / ".resume" / f"{out.name}.state"
+
+
+def same_tensors(a, b):
+    ta, _ = load_tensors(a)
+    tb, _ = load_tensors(b)
+    assert ta.keys() == tb.keys()
+    return [k for k in ta if not torch.equal(ta[k], tb[k])]
 
 
 @pytest.mark.parametrize("kind", ["task", "autoencoder"])
@@ -72,14 +88,34 @@ def test_kill_and_resume_is_bit_identical(toy_run, kind):
     ref = root / "ref.safetensors"
     subprocess.run(cmd(ref), check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     out = root / "killed.safetensors"
-    state = root / "killed.safetensors.state"
+    state = state_of(out)
     rc = kill_when_state_appears(cmd(out), state, min_step=8)
     assert rc == -signal.SIGKILL, "the run finished before it could be killed"
     assert state.exists() and not out.exists()
     subprocess.run(cmd(out), check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert not state.exists()
-    a, ma = load_tensors(ref)
-    b, mb = load_tensors(out)
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert same_tensors(ref, out) == []
+    # the resumed step counts the wall time of both attempts, and says where it resumed
+    from moe_adapters.checkpoint import read_metadata
+
+    assert read_metadata(out)["resumed_at"] >= 8
+
+
+def test_a_stale_resume_state_is_discarded_after_a_config_change(toy_run):
+    """Killed during training, then a model key changes: the rerun must not resume the old state, and ends bit for
+    bit as a clean run of the new config."""
+    root, cfg_path = toy_run
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["train"].update(iterations=30, checkpoint_every=4)
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    out = root / "task.safetensors"
+    rc = kill_when_state_appears(train_cmd(cfg_path, out), state_of(out), min_step=8)
+    assert rc == -signal.SIGKILL and state_of(out).exists()
+    cfg["model"]["expert_dropout"] = 0.0
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(train_cmd(cfg_path, out), capture_output=True, text=True, env=env, check=True)
+    assert "discarding resume state" in r.stderr and "spec" in r.stderr, r.stderr
+    clean = root / "clean.safetensors"
+    subprocess.run(train_cmd(cfg_path, clean), check=True, env=env)
+    assert same_tensors(clean, out) == []

@@ -23,7 +23,7 @@ def test_paper_dry_run_plans_the_whole_dag(tmp_path):
     assert counts["features"] == 11
     assert counts["prepare"] == 12  # 11 datasets and TinyImageNet, none present
     # every task checkpoint is evaluated on all 11 test sets of the order
-    evals = [c for c in r.stdout.splitlines() if "moe-adapters" in c and " evaluate " in c and "--checkpoint" in c]
+    evals = [c for c in r.stdout.splitlines() if "moe_adapters.cli" in c and " evaluate " in c and "--checkpoint " in c]
     assert len(evals) == 11
     assert {re.search(r"task_(\d+)\.safetensors", c).group(1) for c in evals} == {str(k) for k in range(11)}
     blocks = [b for b in r.stdout.split("\n\n") if re.search(r"rule evaluate:", b)]
@@ -37,7 +37,7 @@ def test_paper_dry_run_plans_the_whole_dag(tmp_path):
 
 @pytest.mark.parametrize(
     "override,key",
-    [(["order=order9"], "'order'"), (["model={top_k: 50}"], "'model.top_k'"), (["train={iterationz: 3}"], "'train'")],
+    [(["order=order9"], "'order'"), (["model={top_k: 50}"], "'model.top_k'"), (["train={iterationz: 3}"], "'train.iterationz'")],
 )
 def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, override, key):
     r = snakemake(tmp_path, "-n", "--config", *override)
@@ -51,11 +51,11 @@ def test_reduced_mini_run_through_snakemake(reduced_mini_run):
     tmp_path = reduced_mini_run.workdir
     table = tmp_path / "results/mini/mini_order1_table.csv"
     rows = list(csv.reader(table.open()))
-    assert rows[0] == ["method", "metric", "Textures", "Faces", "mean"]
+    assert rows[0] == ["method", "metric", "Textures", "Faces", "mean", "config", "commit", "deviations"]
     assert [r[:2] for r in rows[1:]] == [
         [m, k] for m in ("MoE-Adapters (ours)", "Zero-shot CLIP (ours)") for k in ("Transfer", "Avg", "Last")
     ]
-    assert all(0 <= float(v) <= 100 for r in rows[1:] for v in r[2:] if v)
+    assert all(0 <= float(v) <= 100 for r in rows[1:] for v in r[2:-3] if v)
     routing = list(csv.DictReader((tmp_path / "results/mini/mini_order1_routing.csv").open()))
     assert {x["dataset"] for x in routing} == {"Textures", "Faces"}
     assert (tmp_path / "results/mini/mini_order1/logs/train_task_1.log").exists()

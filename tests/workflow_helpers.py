@@ -69,9 +69,9 @@ def write_reduced_mini(repo: Path) -> Path:
     path = repo / "config/mini.yaml"
     cfg = yaml.safe_load(path.read_text())
     cfg["protocol"] = "config/mini-reduced-protocol.yaml"
-    cfg["train"].update(iterations=6, checkpoint_every=0)
-    cfg["ddas"].update(iterations_generic=10, iterations=10)
-    cfg["mini"].update(pretrain_iterations=8)
+    cfg.setdefault("train", {}).update(iterations=6, checkpoint_every=0)
+    cfg.setdefault("ddas", {}).update(iterations_generic=10, iterations=10)
+    cfg.setdefault("mini", {}).update(pretrain_iterations=8)
     path.write_text(yaml.safe_dump(cfg))
     return path
 

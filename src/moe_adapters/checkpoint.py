@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .fsutil import atomic_path
-from .moe import MoESpec
+from .model.moe import MoESpec
 
 FORMAT = "moe-adapters/1"
 

@@ -1,4 +1,9 @@
-"""`moe-adapters`: one subcommand per workflow step, each runnable by hand."""
+"""`moe-adapters`: one subcommand per workflow step, each runnable by hand.
+
+A step takes its config either as the workflow passes it, `--spec JSON` (the step's slice of the config, exactly
+what it reads), or as a person does, `-c CONFIG [--set KEY=VALUE ...] [--run RUN]` plus the step's index
+(`--task`, `--index`, `--dataset`); both go through the same typed spec.
+"""
 
 from __future__ import annotations
 
@@ -9,67 +14,120 @@ import os
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from .config import ConfigError
+
+# ---------------------------------------------------------------- config and specs
 
 
-def _config(args) -> dict:
-    overrides = {}
+def _overrides(args) -> dict:
+    import yaml
+
+    overrides: dict = {}
     for item in getattr(args, "set", None) or []:
-        key, _, value = item.partition("=")
-        if not _:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        import yaml
-
         node = overrides
         parts = key.split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = yaml.safe_load(value)
-    return load_config(args.config, overrides)
+    return overrides
+
+
+def _plan(args):
+    from .config import deep_merge, read_yaml
+    from .workflow.plan import Plan
+
+    raw = read_yaml(args.config) if getattr(args, "config", None) else {}
+    return Plan(deep_merge(raw, _overrides(args)))
+
+
+def _run_name(args, plan) -> str:
+    return getattr(args, "run", None) or plan.default_run
+
+
+def _spec(args, kind: str, index=None):
+    """The step's spec: from --spec (the workflow), or built from -c/--set/--run and the step's index (by hand)."""
+    from .steps.specs import from_json
+
+    if getattr(args, "spec", None):
+        if getattr(args, "config", None) or getattr(args, "set", None):
+            raise ConfigError("give either --spec or -c/--set, not both")
+        return from_json(kind, args.spec)
+    plan = _plan(args)
+    return plan.spec(kind, _run_name(args, plan), index)
+
+
+def _runtime(args, evaluation: bool = False):
+    """What changes no number: the command line's values where given, else the config's."""
+    from .steps.specs import Runtime, runtime_of
+
+    if getattr(args, "spec", None):
+        base = Runtime(num_workers=0, checkpoint_every=0, batched_experts=True, truncate_text=True)
+    else:
+        plan = _plan(args)
+        base = runtime_of(plan.run(_run_name(args, plan)), evaluation)
+    pick = lambda given, default: default if given is None else given  # noqa: E731
+    return Runtime(
+        num_workers=pick(args.workers, base.num_workers),
+        checkpoint_every=pick(args.checkpoint_every, base.checkpoint_every),
+        batched_experts=bool(pick(args.batched_experts, base.batched_experts)),
+        truncate_text=bool(pick(args.truncate_text, base.truncate_text)),
+    )
+
+
+def _data_dir(args, dataset: str) -> Path:
+    """The prepared folder of `dataset`: --data, else <data_root>/<dataset> of the config."""
+    if getattr(args, "data", None):
+        return Path(args.data)
+    if getattr(args, "spec", None):
+        raise ConfigError("with --spec, give the prepared dataset's folder with --data")
+    plan = _plan(args)
+    return Path(plan.run(_run_name(args, plan)).data_root) / dataset
+
+
+# ---------------------------------------------------------------- subcommands
 
 
 def cmd_params(args) -> int:
-    from .ddas import Autoencoder
-    from .model import BackboneSpec, MoECLIP, create_backbone
-    from .moe import CIL_SPEC, MTIL_SPEC
-
-    spec = MTIL_SPEC if args.setting == "mtil" else CIL_SPEC
     import torch
 
+    from .config import load_config
+    from .model.clip import BackboneSpec, MoECLIP, create_backbone
+    from .model.ddas import Autoencoder, build_feature_extractor, feature_dim
+    from .model.moe import MoESpec
+
+    rc = load_config()
+    num_routers = len(rc.datasets)
+    m = rc.model
+    if args.setting == "cil":  # the class-incremental setting: 2 experts, top-2, one shared router (SPEC 8)
+        from dataclasses import replace
+
+        m, num_routers = replace(m, num_experts=2, top_k=2), 1
     torch.manual_seed(0)
-    model = MoECLIP(create_backbone(BackboneSpec(args.model, True, None)), spec)
+    backbone = BackboneSpec(args.model, True, None)
+    model = MoECLIP(create_backbone(backbone), MoESpec.from_model(m, num_routers), backbone, init_seed=0)
     counts = model.parameter_counts()
-    ae_dim = _alexnet_conv5_dim(args.image_size or _image_size_of(model))
+    s = model.clip.visual.image_size
+    size = args.image_size or int(s[0] if isinstance(s, (tuple, list)) else s)
+    ae_dim = feature_dim(build_feature_extractor("alexnet_random"), size)
     out = {
         "total": counts["total"],
         "moe": counts["moe"],
         "expert_vision": counts["expert_vision"],
         "expert_text": counts["expert_text"],
         "router_per_task": counts["router_per_task"],
-        "autoencoder": sum(p.numel() for p in Autoencoder(ae_dim, 100).parameters()),
+        "autoencoder": 0 if args.setting == "cil" else sum(p.numel() for p in Autoencoder(ae_dim, rc.ddas.code_dim).parameters()),
         "backbone": counts["backbone"],
         "setting": args.setting,
     }
-    if args.setting == "cil":
-        out["autoencoder"] = 0  # the class-incremental setting has no DDAS
     if args.json:
         print(json.dumps(out))
     else:
         for k, v in out.items():
             print(f"{k:>16}: {v:,}" if isinstance(v, int) else f"{k:>16}: {v}")
     return 0
-
-
-def _image_size_of(model) -> int:
-    from .factory import image_size
-
-    return image_size(model)
-
-
-def _alexnet_conv5_dim(size: int) -> int:
-    from .ddas import build_feature_extractor, feature_dim
-
-    return feature_dim(build_feature_extractor("alexnet_random"), size)
 
 
 def cmd_metrics(args) -> int:
@@ -80,9 +138,7 @@ def cmd_metrics(args) -> int:
     if args.order:
         want = order_datasets(load_protocol(args.benchmark), args.order)
         if names != want:
-            raise ValueError(
-                f"{args.matrix}: header {names} is not the dataset order of {args.order} ({want})"
-            )
+            raise ValueError(f"{args.matrix}: header {names} is not the dataset order of {args.order} ({want})")
     if acc.shape[0] != len(names):
         print(f"note: {acc.shape[0]} rows for {len(names)} datasets (an unfinished run?)", file=sys.stderr)
     m = mtil_metrics(acc, names)
@@ -91,53 +147,65 @@ def cmd_metrics(args) -> int:
 
 
 def cmd_check_config(args) -> int:
-    cfg = _config(args)
+    from .config import run_config_yaml
+    from .fsutil import write_text
+
+    plan = _plan(args)
+    rc = plan.run(_run_name(args, plan))
     if args.out:
-        import yaml
-
-        from .config import config_hash
-        from .fsutil import write_text
-
-        header = f"# validated run config, hash {config_hash(cfg)} (every default filled in)\n"
-        write_text(args.out, header + yaml.safe_dump(cfg, sort_keys=False))
+        write_text(args.out, run_config_yaml(rc))
     else:
-        print(json.dumps(cfg, indent=2))
+        print(run_config_yaml(rc), end="")
     return 0
 
 
 def cmd_train_task(args) -> int:
-    from .pipeline import train_task_step
+    from .steps.train import train_task_step
 
-    train_task_step(
-        _config(args), args.task, args.out, args.prev, args.backbone_weights, not args.no_progress
-    )
+    spec = _spec(args, "task", args.task)
+    prev = args.prev
+    train_task_step(spec, _runtime(args), _data_dir(args, spec.dataset), args.out, prev, not args.no_progress)
     return 0
 
 
 def cmd_train_autoencoder(args) -> int:
-    from .pipeline import train_autoencoder_step
+    from .steps.ddas import train_autoencoder_step
 
-    train_autoencoder_step(_config(args), args.index, args.out, not args.no_progress)
+    spec = _spec(args, "autoencoder", args.index)
+    train_autoencoder_step(spec, _runtime(args), _data_dir(args, spec.dataset), args.out, not args.no_progress)
     return 0
 
 
 def cmd_features(args) -> int:
-    from .pipeline import features_step
+    from .steps.evaluate import features_step
 
-    features_step(_config(args), args.dataset, args.autoencoders, args.out, args.backbone_weights)
+    spec = _spec(args, "features", args.dataset)
+    features_step(spec, _runtime(args, True), _data_dir(args, spec.dataset), args.autoencoders, args.out)
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from .factory import order_names
-    from .pipeline import evaluate_step
+    from .checkpoint import read_metadata
+    from .steps.evaluate import evaluate_step
 
-    cfg = _config(args)
-    datasets = args.dataset or order_names(cfg)
-    feats = {}
-    for d in datasets:
-        feats[d] = str(Path(args.features_dir) / f"{d}.safetensors")
-    evaluate_step(cfg, args.out, args.checkpoint, feats, datasets, args.backbone_weights)
+    task = args.task
+    if task is None and args.checkpoint and not args.spec:
+        task = read_metadata(args.checkpoint).get("task")  # by hand: the checkpoint says which task it is
+    spec = _spec(args, "evaluate", task)
+    if args.features and args.features_dir:
+        raise ConfigError("give --features FILE... or --features-dir DIR, not both")
+    if args.features:
+        if len(args.features) != len(spec.datasets):
+            raise ConfigError(f"--features: {len(args.features)} files for the {len(spec.datasets)} datasets {list(spec.datasets)}")
+        feats = dict(zip(spec.datasets, args.features, strict=True))
+    elif args.features_dir:
+        feats = {d: Path(args.features_dir) / f"{d}.safetensors" for d in spec.datasets}
+    else:
+        raise ConfigError("give the test sets' features: --features FILE... (in order) or --features-dir DIR")
+    data_root = args.data_root or (None if args.spec else _plan(args).config.data_root)
+    if data_root is None:
+        raise ConfigError("with --spec, give --data-root")
+    evaluate_step(spec, _runtime(args, True), data_root, feats, args.out, args.checkpoint)
     if args.print:
         from .fsutil import read_json
 
@@ -146,59 +214,65 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_matrix(args) -> int:
-    from .pipeline import matrix_step
-
-    matrix_step(_config(args), args.evals, args.out, args.routing)
-    return 0
-
-
 def cmd_prepare(args) -> int:
-    from .pipeline import prepare_step
+    from .steps.data import prepare_step
 
-    cfg = _config(args)
     if args.download:
         os.environ["MOE_ADAPTERS_DOWNLOAD"] = "1"
     if args.check_all:
-        if cfg["benchmark"] != "mtil":
-            raise ConfigError("--check-all checks the paper's raw data (benchmark: mtil)")
-        from .mtil_data import check_all
+        from .data.mtil import check_all
 
-        for name, state in check_all(cfg, [args.dataset] if args.dataset else None).items():
+        plan = _plan(args)
+        if plan.config.benchmark != "mtil":
+            raise ConfigError("--check-all checks the paper's raw data (benchmark: mtil)")
+        for name, state in check_all(args.data_root or plan.config.data_root, [args.dataset] if args.dataset else None).items():
             print(f"{name:<14} {state}")
         return 0
-    if not args.dataset:
+    if not args.dataset and not args.spec:
         raise ConfigError("prepare needs --dataset (or --check-all)")
-    prepare_step(cfg, args.dataset, args.out)
+    spec = _spec(args, "prepare", args.dataset)
+    data_root = args.data_root or (None if args.spec else _plan(args).config.data_root)
+    if data_root is None:
+        raise ConfigError("with --spec, give --data-root")
+    out = args.out or Path(data_root) / spec.dataset
+    prepare_step(spec, out, data_root=data_root, workers=_runtime(args, True).num_workers)
     return 0
 
 
 def cmd_pretrain(args) -> int:
-    from .pipeline import pretrain_step
+    from .steps.data import pretrain_step
 
-    pretrain_step(_config(args), args.out, not args.no_progress)
+    spec = _spec(args, "pretrain")
+    pretrain_step(spec, _data_dir(args, spec.dataset) if not args.pool else args.pool, args.out, not args.no_progress)
     return 0
 
 
 def cmd_backbone(args) -> int:
-    from .pipeline import backbone_step
+    from .steps.data import backbone_step
 
-    backbone_step(_config(args), args.out)
+    backbone_step(_spec(args, "backbone"), args.out)
+    return 0
+
+
+def cmd_matrix(args) -> int:
+    from .reporting.steps import matrix_step
+
+    matrix_step(_spec(args, "report"), args.evals, args.out, args.routing)
     return 0
 
 
 def cmd_table(args) -> int:
-    from .reporting import table_step
-    from .results import format_table
+    from .reporting.steps import table_step
+    from .reporting.tables import format_table
 
-    table_step(_config(args), args.matrix, args.zero_shot, args.out, args.markdown, args.costs, args.metrics_json)
+    table_step(_spec(args, "report"), args.matrix, args.zero_shot, args.out, args.markdown, args.costs, args.metrics_json)
     if args.print:
         print(format_table(args.out))
     return 0
 
 
 def cmd_costs(args) -> int:
-    from .reporting import costs_step
+    from .reporting.steps import costs_step
 
     costs_step(
         args.out,
@@ -213,10 +287,10 @@ def cmd_costs(args) -> int:
 
 
 def cmd_figures(args) -> int:
-    from .reporting import figures_step
+    from .reporting.steps import figures_step
 
     figures_step(
-        _config(args),
+        _spec(args, "report"),
         args.matrix,
         args.zero_shot,
         args.routing,
@@ -228,23 +302,30 @@ def cmd_figures(args) -> int:
 
 
 def cmd_expert_figure(args) -> int:
-    from .reporting import expert_figure_step
+    from .reporting.steps import expert_figure_step
 
-    expert_figure_step(_config(args), args.checkpoint, args.out)
+    expert_figure_step(_spec(args, "report"), args.checkpoint, args.out)
     return 0
 
 
 def cmd_ledger(args) -> int:
-    from .reporting import ledger_step
+    from .reporting.steps import ledger_step
 
-    ledger_step(args.tables, args.costs, args.out, args.csv, args.rst)
+    ledger_step(args.metrics, args.out, args.csv, args.rst)
     if args.print:
         print(Path(args.out).read_text())
     return 0
 
 
+def cmd_ablation(args) -> int:
+    from .reporting.steps import ablation_step
+
+    ablation_step(args.baseline, args.variants, args.out, args.markdown, title_=args.title, summary=args.summary)
+    return 0
+
+
 def cmd_pull(args) -> int:
-    from .dvcpull import PullError, pull
+    from .workflow.dvcpull import PullError, pull
 
     try:
         pull(args.stage, args.repo, args.allow_missing)
@@ -255,34 +336,42 @@ def cmd_pull(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .results import format_table
+    from .reporting.tables import format_table
 
     for path in args.tables:
-        print(f"{path}\n{format_table(path)}\n")
+        p = Path(path)
+        text = p.read_text() if p.suffix == ".md" else format_table(p)
+        print(f"{path}\n{text}\n")
     return 0
 
 
+# ---------------------------------------------------------------- the parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="moe-adapters", description=__doc__)
+    p = argparse.ArgumentParser(prog="moe-adapters", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def with_config(sp):
+    def with_config(sp, spec: bool = True):
         sp.add_argument("--config", "-c", help="run config YAML (default: all defaults, the paper)")
-        sp.add_argument(
-            "--set",
-            action="append",
-            metavar="KEY=VALUE",
-            help="override a config key, e.g. train.iterations=10",
-        )
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.iterations=10")
+        sp.add_argument("--run", help="run name, e.g. mtil_order2 or mini_order1-thr0.03 (default: the config's own)")
+        if spec:
+            sp.add_argument("--spec", help="the step's config slice as JSON (what the workflow passes)")
+
+    def with_runtime(sp):
+        g = sp.add_argument_group("settings that change no number (default: the config's)")
+        g.add_argument("--workers", type=int, help="data loader workers")
+        g.add_argument("--checkpoint-every", type=int, help="steps between resume states (0 = never)")
+        g.add_argument("--batched-experts", type=int, choices=[0, 1], help="1: batched experts, 0: per-expert dispatch")
+        g.add_argument("--truncate-text", type=int, choices=[0, 1], help="1: cut text after the longest prompt")
 
     sp = sub.add_parser("params", help="parameter counts of a randomly initialised model")
     sp.add_argument("--model", default="ViT-B-16")
     sp.add_argument("--setting", choices=["mtil", "cil"], default="mtil")
-    sp.add_argument(
-        "--image-size", type=int, default=None, help="autoencoder input resolution (default: the model's)"
-    )
+    sp.add_argument("--image-size", type=int, default=None, help="autoencoder input resolution (default: the model's)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_params)
 
@@ -293,50 +382,56 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_metrics)
 
-    sp = sub.add_parser("check-config", help="validate a config and print it with every default filled in")
-    with_config(sp)
-    sp.add_argument("--out", help="write it as YAML to this file instead of printing JSON")
+    sp = sub.add_parser("check-config", help="validate a config and print a run's config with every value resolved")
+    with_config(sp, spec=False)
+    sp.add_argument("--out", help="write it to this file instead of printing it")
     sp.set_defaults(func=cmd_check_config)
 
     sp = sub.add_parser("train-task", help="train one task of the order from the previous task's checkpoint")
     with_config(sp)
-    sp.add_argument("--task", type=int, required=True, help="index in the order (0-based)")
+    with_runtime(sp)
+    sp.add_argument("--task", type=int, help="index in the order (0-based); with --spec, the spec's")
+    sp.add_argument("--data", help="the task's prepared dataset folder (default: <data_root>/<dataset>)")
     sp.add_argument("--prev", help="checkpoint of the previous task (none for task 0)")
     sp.add_argument("--out", required=True)
-    sp.add_argument("--backbone-weights", help="pretrained weights file (overrides model.pretrained)")
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_train_task)
 
     sp = sub.add_parser("train-autoencoder", help="train DDAS autoencoder K (0: generic data, K: task K-1)")
     with_config(sp)
-    sp.add_argument("--index", type=int, required=True)
+    with_runtime(sp)
+    sp.add_argument("--index", type=int)
+    sp.add_argument("--data", help="the prepared dataset folder (default: <data_root>/<dataset>)")
     sp.add_argument("--out", required=True)
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_train_autoencoder)
 
     sp = sub.add_parser("features", help="zero-shot features and autoencoder errors of one test set")
     with_config(sp)
-    sp.add_argument("--dataset", required=True)
+    with_runtime(sp)
+    sp.add_argument("--dataset")
+    sp.add_argument("--data", help="the prepared dataset folder (default: <data_root>/<dataset>)")
     sp.add_argument("--autoencoders", nargs="+", required=True, help="autoencoders 0..T in index order")
     sp.add_argument("--out", required=True)
-    sp.add_argument("--backbone-weights")
     sp.set_defaults(func=cmd_features)
 
     sp = sub.add_parser("evaluate", help="evaluate a task checkpoint (or zero-shot CLIP) with DDAS routing")
     with_config(sp)
+    with_runtime(sp)
+    sp.add_argument("--task", type=int, help="the checkpoint's task (omit for zero-shot CLIP)")
     sp.add_argument("--checkpoint", help="task checkpoint; omit for zero-shot CLIP")
-    sp.add_argument("--features-dir", required=True, help="folder of <dataset>.safetensors from `features`")
-    sp.add_argument(
-        "--dataset", action="append", help="dataset to evaluate (repeatable; default: the whole order)"
-    )
+    sp.add_argument("--features", nargs="+", help="features files of the order's datasets, in order")
+    sp.add_argument("--features-dir", help="or: folder of <dataset>.safetensors from `features`")
+    sp.add_argument("--data-root", help="folder of the prepared datasets (default: the config's data_root)")
     sp.add_argument("--out", required=True)
-    sp.add_argument("--backbone-weights")
     sp.add_argument("--print", action="store_true", help="print accuracies and routes")
     sp.set_defaults(func=cmd_evaluate)
 
     sp = sub.add_parser("prepare", help="prepare one dataset (mini: build it; paper: fetch, verify, split, cache)")
     with_config(sp)
+    with_runtime(sp)
     sp.add_argument("--dataset", help="dataset to prepare (with --check-all: only check this one)")
+    sp.add_argument("--data-root", help="where raw and prepared data live (default: the config's data_root)")
     sp.add_argument("--out", help="prepared folder (default: <data_root>/<dataset>)")
     sp.add_argument(
         "--check-all",
@@ -352,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("pretrain", help="mini benchmark: pretrain the tiny CLIP on the captioned pool")
     with_config(sp)
+    sp.add_argument("--pool", help="the pretraining pool's prepared folder (default: <data_root>/Pretrain)")
     sp.add_argument("--out", required=True)
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_pretrain)
@@ -361,6 +457,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.set_defaults(func=cmd_backbone)
 
+    sp = sub.add_parser("matrix", help="accuracy matrix and routing table from per-task evaluations")
+    with_config(sp)
+    sp.add_argument("--evals", nargs="+", required=True, help="evaluation JSONs of tasks 0..T-1 in order")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--routing", required=True)
+    sp.set_defaults(func=cmd_matrix)
+
     sp = sub.add_parser("table", help="the run's Transfer/Avg/Last table beside zero-shot CLIP and the paper")
     with_config(sp)
     sp.add_argument("--matrix", required=True)
@@ -368,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="the table as CSV")
     sp.add_argument("--markdown", help="also write the table for people (Markdown, with the matrix and cost)")
     sp.add_argument("--costs", help="the run's costs.csv, shown in the Markdown table")
-    sp.add_argument("--metrics-json", help="also write metrics.json: means and per dataset, zero-shot CLIP's means")
+    sp.add_argument("--metrics-json", help="also write metrics.json: means, per dataset, zero-shot CLIP, the paper, provenance")
     sp.add_argument("--print", action="store_true")
     sp.set_defaults(func=cmd_table)
 
@@ -398,14 +501,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="PNG")
     sp.set_defaults(func=cmd_expert_figure)
 
-    sp = sub.add_parser("ledger", help="REPRODUCIBILITY.md: paper value beside ours for every setting present")
-    sp.add_argument("--tables", nargs="+", required=True, help="result tables <run>_table.csv")
-    sp.add_argument("--costs", nargs="+", required=True, help="the runs' costs.csv, in the order of --tables")
+    sp = sub.add_parser("ledger", help="REPRODUCIBILITY.md: paper value beside ours for every run listed")
+    sp.add_argument("--metrics", nargs="+", required=True, help="the runs' <run>_metrics.json")
     sp.add_argument("--out", required=True, help="the ledger (Markdown)")
     sp.add_argument("--csv", help="also write the ledger as CSV")
     sp.add_argument("--rst", help="also write its headline as reStructuredText (the report's first page)")
     sp.add_argument("--print", action="store_true")
     sp.set_defaults(func=cmd_ledger)
+
+    sp = sub.add_parser("ablation", help="an ablation table: every variant's means beside the baseline's")
+    sp.add_argument("--baseline", required=True, help="the baseline's metrics.json")
+    sp.add_argument("--variants", nargs="+", required=True, help="the variants' metrics.json")
+    sp.add_argument("--out", required=True, help="CSV")
+    sp.add_argument("--markdown", required=True)
+    sp.add_argument("--title", default="Ablation")
+    sp.add_argument("--summary", action="store_true", help="add mean ± std over all the runs (a seed sweep)")
+    sp.set_defaults(func=cmd_ablation)
 
     sp = sub.add_parser("pull", help="dvc pull a stage's outputs, then mark them up to date for Snakemake")
     sp.add_argument("stage", help="a stage of dvc.yaml: mini, mtil_order1, mtil_order2, mtil_order1_5shot")
@@ -413,16 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--allow-missing", action="store_true", help="passed to dvc pull (CI: take what is there)")
     sp.set_defaults(func=cmd_pull)
 
-    sp = sub.add_parser("show", help="print result tables")
+    sp = sub.add_parser("show", help="print result tables (CSV) or Markdown tables (ablation, table)")
     sp.add_argument("tables", nargs="+")
     sp.set_defaults(func=cmd_show)
-
-    sp = sub.add_parser("matrix", help="accuracy matrix and routing table from per-task evaluations")
-    with_config(sp)
-    sp.add_argument("--evals", nargs="+", required=True, help="evaluation JSONs of tasks 0..T-1 in order")
-    sp.add_argument("--out", required=True)
-    sp.add_argument("--routing", required=True)
-    sp.set_defaults(func=cmd_matrix)
     return p
 
 

@@ -34,6 +34,15 @@ def paper_numbers() -> dict:
     return _read(str(_packaged("paper_numbers.yaml")))
 
 
+def generic_datasets(benchmark: str, proto: dict) -> list[str]:
+    """Datasets that may train DDAS autoencoder 0 ("generic data"): the protocol's `generic` list, and for the
+    paper every dataset with a raw-data recipe (TinyImageNet among them)."""
+    names = list(proto.get("generic", []))
+    if benchmark == "mtil":
+        names += [n for n in _read(str(_packaged("mtil_data.yaml")))["datasets"] if n not in names]
+    return names
+
+
 def order_datasets(proto: dict, order: str) -> list[str]:
     """Dataset names of an order, in training order."""
     if order not in proto["orders"]:

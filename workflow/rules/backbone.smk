@@ -1,28 +1,17 @@
-# The frozen CLIP backbone: OpenAI ViT-B/16 at paper scale (checked, never downloaded here),
-# or, for the mini benchmark, a tiny CLIP pretrained by the `pretrain` rule.
-
-if BENCH == "mini":
-
-    rule pretrain:
-        input:
-            pool=data_meta(GENERIC),
-        output:
-            weights=CFG["model"]["pretrained"],
-        log:
-            f"{R}/logs/pretrain.log",
-        threads: workflow.cores
-        resources:
-            gpu=1,
-        shell:
-            "{MOE} --threads {threads} pretrain -c {EFF} --out {output.weights} --no-progress > {log} 2>&1"
+# The frozen CLIP backbone: OpenAI ViT-B/16 at paper scale (checked, never downloaded here), or, for the mini
+# benchmark, the tiny CLIP of the `pretrain` rule. Its identity (a SHA-256 fingerprint) is what every checkpoint
+# and feature file is checked against.
 
 
 rule backbone:
     input:
-        weights=[CFG["model"]["pretrained"]] if BENCH == "mini" else [],
+        weights=[rules.pretrain.output.weights] if BENCH == "mini" else [],
+        own=only_own("backbone", lambda w: None),
     output:
         identity=f"{R}/{{run}}/backbone.json",
     log:
         f"{R}/{{run}}/logs/backbone.log",
+    params:
+        spec=spec("backbone"),
     shell:
-        "{MOE} backbone -c {EFF} --out {output.identity} > {log} 2>&1"
+        "{MOE} backbone --spec {params.spec:q} --out {output.identity} > {log} 2>&1"

@@ -4,10 +4,10 @@
 
 rule figures:
     input:
-        code=code("reporting", "figures"),
+        code=code("steps", "figures"),
         matrix=rules.matrix.output.matrix,
         routing=rules.matrix.output.routing,
-        zero_shot=rules.evaluate_zero_shot.output.evaluation,
+        zero_shot=planned(zero_shot),
     output:
         matrix=report(
             f"{R}/{{run}}/figures/accuracy_matrix.png",
@@ -33,31 +33,33 @@ rule figures:
     log:
         f"{R}/{{run}}/logs/figures.log",
     params:
-        run=run_args,
-        config_hash=run_config_hash,
+        spec=planned(report_params),
+        config_hash=planned(config_hash),
+        deviations=planned(deviations_text),
     shell:
-        "{MOE} figures -c {EFF} {params.run} --matrix {input.matrix} --zero-shot {input.zero_shot} "
+        "{MOE} figures --spec {params.spec:q} --matrix {input.matrix} --zero-shot {input.zero_shot} "
         "--routing {input.routing} --matrix-figure {output.matrix} --curves-figure {output.curves} "
         "--routing-figure {output.routing} > {log} 2>&1"
 
 
 rule expert_figure:
     input:
-        code=code("reporting", "figures"),
-        checkpoint=f"{R}/{{run}}/checkpoints/task_{{k}}.safetensors",
+        code=code("steps", "figures"),
+        checkpoint=planned(lambda w: owned(rules.train_task.output.checkpoint, "task", w.run, int(w.k), k=w.k)),
     output:
         figure=report(
             f"{R}/{{run}}/figures/experts_task_{{k}}.png",
             caption="../report/experts.rst",
             category="Figures",
             subcategory="{run}",
-            labels=lambda w: {"figure": f"expert selection, task {int(w.k):02d}: {task_dataset(w.run, w.k)}"},
+            labels=lambda w: {"figure": f"expert selection, task {int(w.k):02d}: {task_dataset(w)}"},
         ),
     log:
         f"{R}/{{run}}/logs/expert_figure_{{k}}.log",
     params:
-        run=run_args,
-        config_hash=run_config_hash,
+        spec=planned(report_params),
+        config_hash=planned(config_hash),
+        deviations=planned(deviations_text),
     shell:
-        "{MOE} expert-figure -c {EFF} {params.run} --checkpoint {input.checkpoint} --out {output.figure} "
+        "{MOE} expert-figure --spec {params.spec:q} --checkpoint {input.checkpoint} --out {output.figure} "
         "> {log} 2>&1"

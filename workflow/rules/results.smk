@@ -1,5 +1,42 @@
-# The accuracy matrix (row i = after task i), the routing table, the run's cost, its table (CSV and Markdown),
-# the validated config of the run, and the reproduction ledger over every run present.
+# The run's validated config, its accuracy matrix (row i = after task i) and routing table, its cost, its table
+# (CSV, Markdown, metrics.json), the ablation tables of its variants, and the reproduction ledger.
+# Reporting rules take their own modules as inputs, so a change to them reruns them, and only them.
+
+
+def code(*modules):
+    """The package's own files a reporting rule runs, as inputs: editing one reruns just the rules that use it."""
+    return [str(SRC / f"{m}.py") for m in modules]
+
+
+SRC = Path(moe_adapters.reporting.__file__).resolve().parent
+
+
+def report_params(w):
+    return PLAN.params("report", w.run)
+
+
+def config_hash(w):
+    return PLAN.spec("report", w.run).config_hash
+
+
+def deviations_text(w):
+    from moe_adapters.config import format_deviations
+
+    return format_deviations(PLAN.spec("report", w.run).deviations)
+
+
+def evaluations(w):
+    n = len(datasets(w.run))
+    return [owned(rules.evaluate.output.evaluation, "evaluate", w.run, k, k=k) for k in range(n)]
+
+
+def checkpoints(w):
+    n = len(datasets(w.run))
+    return [owned(rules.train_task.output.checkpoint, "task", w.run, k, k=k) for k in range(n)]
+
+
+def zero_shot(w):
+    return owned(rules.evaluate_zero_shot.output.evaluation, "evaluate", w.run, None)
 
 
 rule run_config:
@@ -14,16 +51,19 @@ rule run_config:
     log:
         f"{R}/{{run}}/logs/run_config.log",
     params:
-        run=run_args,
-        config_hash=run_config_hash,
-    shell:
-        "{MOE} check-config -c {EFF} {params.run} --out {output.config} > {log} 2>&1"
+        spec=planned(report_params),
+        config_hash=planned(config_hash),
+        deviations=planned(deviations_text),
+    run:
+        # written by Snakemake itself: the run's config is the plan's (variants and --config included)
+        write_text(output.config, run_config_yaml(PLAN.run(wildcards.run)))
+        write_text(log[0], f"wrote {output.config}\n")
 
 
 rule matrix:
     input:
-        code=code("metrics"),
-        evaluations=evaluations,
+        code=code("steps"),
+        evaluations=planned(evaluations),
     output:
         matrix=report(
             f"{R}/{{run}}/matrix.csv",
@@ -42,23 +82,24 @@ rule matrix:
     log:
         f"{R}/{{run}}/logs/matrix.log",
     params:
-        run=run_args,
-        config_hash=run_config_hash,
+        spec=planned(report_params),
+        config_hash=planned(config_hash),
+        deviations=planned(deviations_text),
     shell:
-        "{MOE} matrix -c {EFF} {params.run} --evals {input.evaluations} --out {output.matrix} "
+        "{MOE} matrix --spec {params.spec:q} --evals {input.evaluations} --out {output.matrix} "
         "--routing {output.routing} > {log} 2>&1"
 
 
 rule costs:
     input:
-        code=code("reporting", "costs"),
-        backbone=rules.backbone.output.identity,
+        code=code("steps", "costs"),
+        backbone=planned(lambda w: owned(rules.backbone.output.identity, "backbone", w.run)),
         pretrained=[rules.pretrain.output.weights] if BENCH == "mini" else [],
-        checkpoints=task_checkpoints,
-        autoencoders=autoencoders,
-        features=features,
-        evaluations=evaluations,
-        zero_shot=rules.evaluate_zero_shot.output.evaluation,
+        checkpoints=planned(checkpoints),
+        autoencoders=planned(autoencoders),
+        features=planned(features),
+        evaluations=planned(evaluations),
+        zero_shot=planned(zero_shot),
     output:
         costs=report(
             f"{R}/{{run}}/costs.csv",
@@ -71,7 +112,9 @@ rule costs:
         f"{R}/{{run}}/logs/costs.log",
     params:
         pretrained=lambda w, input: f"--pretrained {input.pretrained}" if input.pretrained else "",
-        config_hash=run_config_hash,
+        spec=planned(report_params),
+        config_hash=planned(config_hash),
+        deviations=planned(deviations_text),
     shell:
         "{MOE} costs --backbone {input.backbone} {params.pretrained} --checkpoints {input.checkpoints} "
         "--autoencoders {input.autoencoders} --features {input.features} "
@@ -80,9 +123,9 @@ rule costs:
 
 rule table:
     input:
-        code=code("reporting", "results", "metrics", "costs"),
+        code=code("steps", "tables", "costs"),
         matrix=rules.matrix.output.matrix,
-        zero_shot=rules.evaluate_zero_shot.output.evaluation,
+        zero_shot=planned(zero_shot),
         costs=rules.costs.output.costs,
     output:
         table=report(
@@ -109,22 +152,26 @@ rule table:
     log:
         f"{R}/{{run}}/logs/table.log",
     params:
-        run=run_args,
-        config_hash=run_config_hash,
+        spec=planned(report_params),
+        config_hash=planned(config_hash),
+        deviations=planned(deviations_text),
     shell:
-        "{MOE} table -c {EFF} {params.run} --matrix {input.matrix} --zero-shot {input.zero_shot} "
+        "{MOE} table --spec {params.spec:q} --matrix {input.matrix} --zero-shot {input.zero_shot} "
         "--costs {input.costs} --out {output.table} --markdown {output.markdown} --metrics-json {output.metrics} "
         "> {log} 2>&1"
 
 
+def ledger_runs():
+    return list(CFG.report.ledger_runs) or [DEFAULT_RUN]
+
+
 rule ledger:
     input:
-        code=code("reporting", "results", "costs"),
-        tables=[f"{R}/{run}_table.csv" for run in ledger_runs()],
-        costs=[f"{R}/{run}/costs.csv" for run in ledger_runs()],
+        code=code("steps", "tables"),
+        metrics=expand(rules.table.output.metrics, run=ledger_runs()),
     output:
         ledger=report(
-            LEDGER,
+            f"{R}/REPRODUCIBILITY.md",
             caption="../report/ledger.rst",
             category="Ledger",
             labels={"ledger": "REPRODUCIBILITY.md"},
@@ -140,7 +187,67 @@ rule ledger:
         f"{R}/logs/ledger.log",
     params:
         runs=ledger_runs(),
-        configs=[f"{run}: {config_hash_of(run)}" for run in ledger_runs()],
+        configs=[f"{run}: {PLAN.spec('report', run).config_hash}" for run in ledger_runs()],
     shell:
-        "{MOE} ledger --tables {input.tables} --costs {input.costs} --out {output.ledger} "
-        "--csv {output.csv} --rst {output.headline} > {log} 2>&1"
+        "{MOE} ledger --metrics {input.metrics} --out {output.ledger} --csv {output.csv} --rst {output.headline} "
+        "> {log} 2>&1"
+
+
+def setting_of(w):
+    """`mini` stands for the config's own setting (results/mini/mini_ablation.md)."""
+    return PLAN.baseline(DEFAULT_RUN) if w.setting == BENCH else w.setting
+
+
+def ablation_inputs(axis):
+    def inputs(w):
+        setting = setting_of(w)
+        runs = PLAN.ablation_variants(setting, axis(w) if axis else None)
+        return {
+            "baseline": expand(rules.table.output.metrics, run=setting)[0],
+            "variants": expand(rules.table.output.metrics, run=runs),
+        }
+
+    return planned(inputs)
+
+
+rule ablation:
+    input:
+        unpack(ablation_inputs(None)),
+        code=code("steps", "tables"),
+    output:
+        csv=f"{R}/{{setting}}_ablation.csv",
+        markdown=report(
+            f"{R}/{{setting}}_ablation.md",
+            caption="../report/ablation.rst",
+            category="Ablations",
+            labels={"table": "{setting}: the config's variants"},
+        ),
+    log:
+        f"{R}/logs/ablation_{{setting}}.log",
+    params:
+        title=lambda w: f"Variants of {setting_of(w)}",
+    shell:
+        "{MOE} ablation --baseline {input.baseline} --variants {input.variants} --out {output.csv} "
+        "--markdown {output.markdown} --title {params.title:q} > {log} 2>&1"
+
+
+rule ablation_axis:
+    input:
+        unpack(ablation_inputs(lambda w: w.axis)),
+        code=code("steps", "tables"),
+    output:
+        csv=f"{R}/{{setting}}_ablation_{{axis}}.csv",
+        markdown=report(
+            f"{R}/{{setting}}_ablation_{{axis}}.md",
+            caption="../report/ablation.rst",
+            category="Ablations",
+            labels={"table": "{setting}: {axis}"},
+        ),
+    log:
+        f"{R}/logs/ablation_{{setting}}_{{axis}}.log",
+    params:
+        title=lambda w: f"Ablation of {setting_of(w)}: {w.axis}",
+        summary=lambda w: "--summary" if w.axis == "seeds" else "",
+    shell:
+        "{MOE} ablation --baseline {input.baseline} --variants {input.variants} --out {output.csv} "
+        "--markdown {output.markdown} --title {params.title:q} {params.summary} > {log} 2>&1"

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .data import ArrayImageDataset, TaskData, normalize_uint8
-from .fsutil import atomic_path, read_json, write_json
+from ..fsutil import atomic_path, read_json, write_json
+from .batches import ArrayImageDataset, TaskData
+from .transforms import normalize_uint8
 
 FORMAT = "moe-adapters-prepared/1"
 
@@ -174,34 +175,13 @@ class PreparedDataset:
         if kind == "array":
             return ArrayImageDataset(self._load("train_images.npy"), self._load("train_labels.npy"))
         if kind == "torchvision":
-            from .mtil_data import torchvision_train_split
+            from .mtil.readers import torchvision_train_split
 
             return torchvision_train_split(self.meta, self.folder)
         raise ValueError(f"{self.folder}: unknown train source {kind!r}")
 
     def task_data(self) -> TaskData:
-        images, labels = self.test_arrays()
-        test = _CacheDataset(images, labels)
+        """The dataset as a task to train on: names, templates and the train split."""
         return TaskData(
-            self.name,
-            list(self.meta["classnames"]),
-            list(self.meta["templates"]),
-            self.train_dataset(),
-            test,
-            self.meta,
+            self.name, list(self.meta["classnames"]), list(self.meta["templates"]), self.train_dataset(), self.meta
         )
-
-
-class _CacheDataset(Dataset):
-    """The eval cache as a dataset of PIL images (already at eval geometry)."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        from PIL import Image
-
-        return Image.fromarray(np.ascontiguousarray(self.images[i].transpose(1, 2, 0))), int(self.labels[i])

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from .data import eval_geometry
 from .prepared import write_prepared
+from .transforms import eval_geometry
 
 SIZE = 32
 NUMBER_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]

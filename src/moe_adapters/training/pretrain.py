@@ -14,13 +14,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import save_tensors
-from .costs import cost
-from .data import TrainBatches, train_transform
-from .model import BackboneSpec, MoECLIP, create_backbone, tokenizer_for
-from .moe import ZERO_SHOT, MoESpec
-from .prepared import PreparedDataset
-from .train import cosine_lr, progress_bar
+from ..checkpoint import save_tensors
+from ..data.batches import TrainBatches
+from ..data.prepared import PreparedDataset
+from ..data.transforms import train_transform
+from ..model.clip import BackboneSpec, MoECLIP, create_backbone, tokenizer_for
+from ..model.moe import ZERO_SHOT, MoESpec
+from ..steps.record import cost
+from .loop import progress_bar
+from .schedules import cosine_lr
 
 
 def pretrain(
@@ -31,7 +33,7 @@ def pretrain(
     iterations: int,
     lr: float,
     batch_size: int,
-    seed: int = 0,
+    seed: int,
     device: str | torch.device = "cpu",
     progress: bool = True,
     extra: dict | None = None,
@@ -50,7 +52,9 @@ def pretrain(
     with torch.no_grad():
         clip.logit_scale.fill_(math.log(100.0))
     clip.logit_scale.requires_grad_(False)
-    model = MoECLIP(clip, MoESpec(num_experts=1, top_k=1, bottleneck=1, num_routers=1), spec).to(device)
+    # only the zero-shot route is used: the adapter is a placeholder the forward pass never reaches
+    placeholder = MoESpec(num_experts=1, top_k=1, bottleneck=1, num_routers=1, dropout=0.0, scale=0.0, noise_epsilon=0.0)
+    model = MoECLIP(clip, placeholder, spec, init_seed=seed).to(device)
     params = [p for p in clip.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.1)
     tok = tokenizer_for(spec)

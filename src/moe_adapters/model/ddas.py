@@ -27,14 +27,14 @@ class AlexNetConv5(nn.Module):
 
         net = alexnet(weights=None)
         if pretrained:
-            path = Path(weights) if weights else Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
+            path = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE if weights in (None, "torchvision") else Path(weights)
             if not path.is_file():
                 raise MissingFeatureWeightsError(
                     f"AlexNet ImageNet weights not found at {path}. Download "
                     f"https://download.pytorch.org/models/{ALEXNET_FILE} (torchvision AlexNet_Weights.IMAGENET1K_V1) "
                     f"to that path, or set ddas.feature_weights in the config"
                 )
-            from .checkpoint import safe_torch_load
+            from ..checkpoint import safe_torch_load
 
             net.load_state_dict(safe_torch_load(path))
         self.body = net.features[:-2]
@@ -51,7 +51,7 @@ class AlexNetConv5(nn.Module):
 class PixelFeatures(nn.Module):
     """A download-free feature for small settings: the image average-pooled to size x size, then a sigmoid."""
 
-    def __init__(self, size: int = 8):
+    def __init__(self, size: int):
         super().__init__()
         self.size = size
 
@@ -59,7 +59,7 @@ class PixelFeatures(nn.Module):
         return torch.sigmoid(F.adaptive_avg_pool2d(images, self.size).flatten(1))
 
 
-def build_feature_extractor(kind: str, *, weights: str | None = None, pixel_size: int = 8) -> nn.Module:
+def build_feature_extractor(kind: str, *, weights: str | None = None, pixel_size: int | None = None) -> nn.Module:
     """The DDAS feature extractor named by the config."""
     if kind == "alexnet":
         return AlexNetConv5(weights)
@@ -78,7 +78,7 @@ def feature_dim(extractor: nn.Module, image_size: int) -> int:
 class Autoencoder(nn.Module):
     """Linear(D, code) + ReLU, Linear(code, D) + Sigmoid: one per task, plus autoencoder 0 for generic data."""
 
-    def __init__(self, input_dim: int, code_dim: int = 100):
+    def __init__(self, input_dim: int, code_dim: int):
         super().__init__()
         self.encoder = nn.Sequential(nn.Linear(input_dim, code_dim), nn.ReLU())
         self.decoder = nn.Sequential(nn.Linear(code_dim, input_dim), nn.Sigmoid())
@@ -91,7 +91,7 @@ class Autoencoder(nn.Module):
         return (self(x) - x).pow(2).mean(dim=1)
 
 
-def init_autoencoder(index: int, input_dim: int, code_dim: int = 100, seed: int = 42) -> Autoencoder:
+def init_autoencoder(index: int, input_dim: int, code_dim: int, seed: int) -> Autoencoder:
     """Autoencoder `index` at its initial weights, identical on every machine and in every job.
 
     The reference builds all autoencoders at once and carries the untrained ones from job to job;
@@ -102,17 +102,16 @@ def init_autoencoder(index: int, input_dim: int, code_dim: int = 100, seed: int 
         return Autoencoder(input_dim, code_dim)
 
 
-def ae_lr(base_lr: float, iteration: int, num_batches: int, decay_every: int = 10) -> float:
-    """The reference's step decay: x0.1 every `decay_every` passes over the data (epoch = it // batches)."""
-    return base_lr * (0.1 ** ((iteration // max(num_batches, 1)) // decay_every))
 
 
 @dataclass(frozen=True)
 class DDASOptions:
-    threshold: float = 0.0655
-    only_trained: bool = False  # fix: ignore autoencoders of tasks not yet trained
-    per_sample: bool = False  # fix: decide per image instead of per batch
-    batch_size: int = 128
+    """The routing decision's settings (from the run config's ddas and eval sections)."""
+
+    threshold: float
+    only_trained: bool  # fix: ignore autoencoders of tasks not yet trained
+    per_sample: bool  # fix: decide per image instead of per batch
+    batch_size: int
 
 
 def decide_routes(mse: torch.Tensor, n_trained: int, opts: DDASOptions) -> torch.Tensor:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import csv
 import io
-import re
+import json
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
+from ..config import parse_run_name
+from ..metrics import mtil_metrics, round1
+from ..protocol import paper_numbers
 from .costs import format_bytes, format_seconds, stage_summary
-from .metrics import mtil_metrics, round1
-from .protocol import paper_numbers
 
 METRICS = ("transfer", "avg", "last")
 LABEL = {"transfer": "Transfer", "avg": "Avg", "last": "Last"}
@@ -22,7 +22,7 @@ DEFINITIONS = (
     "Avg = mean of every dataset's mean over all rows; Last = mean of the final row. "
     "Top-1 accuracy in %, one decimal, rounded half up."
 )
-_RUN = re.compile(r"(?P<benchmark>[a-z]+)_(?P<order>order[0-9]+)(?:_(?P<shots>[0-9]+)shot)?")
+PROVENANCE_COLUMNS = ("config", "commit", "deviations")
 
 
 def run_name(benchmark: str, order: str, shots: int) -> str:
@@ -31,11 +31,9 @@ def run_name(benchmark: str, order: str, shots: int) -> str:
 
 
 def parse_run(name: str) -> tuple[str, str, int]:
-    """(benchmark, order, shots) of a run name; the inverse of run_name."""
-    m = _RUN.fullmatch(name)
-    if not m:
-        raise ValueError(f"{name!r} is not a run name <benchmark>_<order>[_<k>shot]")
-    return m["benchmark"], m["order"], int(m["shots"] or 0)
+    """(benchmark, order, shots) of a run name (a variant's too); the inverse of run_name."""
+    benchmark, order, shots, _ = parse_run_name(name)
+    return benchmark, order, shots
 
 
 def setting_label(benchmark: str, order: str, shots: int) -> str:
@@ -61,6 +59,15 @@ def paper_key(benchmark: str, order: str, shots: int) -> str | None:
     if benchmark != "mtil":
         return None
     return f"mtil_{order}_full_shot" if shots == 0 else f"mtil_{order}_few_shot_{shots}"
+
+
+def paper_means(benchmark: str, order: str, shots: int) -> dict | None:
+    """The paper's mean Transfer / Avg / Last per method for a setting, None where it has none."""
+    key = paper_key(benchmark, order, shots)
+    section = paper_numbers().get(key) if key else None
+    if not section:
+        return None
+    return {m: dict(v["mean"]) for m, v in section.items() if isinstance(v, dict) and "mean" in v}
 
 
 def _rows(method: str, m: dict, names: Sequence[str]) -> list[list]:
@@ -128,13 +135,15 @@ def _cell(v, empty: str = "") -> str:
     return empty if v is None else (f"{v:.1f}" if isinstance(v, float) else str(v))
 
 
-def table_csv(names: Sequence[str], rows: list[list]) -> str:
-    """The CSV text of a run's table (for machines): method, metric, one column per dataset, mean."""
+def table_csv(names: Sequence[str], rows: list[list], provenance: dict | None = None) -> str:
+    """The CSV text of a run's table (for machines): method, metric, one column per dataset, mean; then on every
+    row what produced it (config hash, commit, deviations), so tables of several runs can be stacked."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method", "metric", *names, "mean"])
+    w.writerow(["method", "metric", *names, "mean", *(PROVENANCE_COLUMNS if provenance else ())])
+    prov = [provenance["config_hash"], provenance["commit"], provenance["deviations_text"]] if provenance else []
     for r in rows:
-        w.writerow([_cell(v) for v in r])
+        w.writerow([_cell(v) for v in r] + prov)
     return buf.getvalue()
 
 
@@ -170,6 +179,11 @@ def devices(costs: Sequence[dict]) -> str:
     return _provenance(costs, "device")
 
 
+def commits(costs: Sequence[dict]) -> str:
+    """The commits of the code that trained and evaluated a run."""
+    return _provenance(costs, "commit")
+
+
 def costs_markdown(costs: Sequence[dict]) -> str:
     """Cost per stage, then per step, as Markdown tables."""
     summary = []
@@ -201,16 +215,17 @@ def table_markdown(
     rows: list[list],
     *,
     run: str,
-    config_hash: str,
-    commit: str,
+    provenance: dict,
     acc: np.ndarray | None = None,
     costs: Sequence[dict] | None = None,
 ) -> str:
-    """A run's table for people: the paper's layout, its provenance, the accuracy matrix and the cost."""
+    """A run's table for people: the paper's layout, its provenance and deviations, the accuracy matrix, the cost."""
     benchmark, order, shots = parse_run(run)
+    p = provenance
     parts = [
         f"# {run}: MoE-Adapters, {setting_label(benchmark, order, shots)}\n",
-        f"Config `{config_hash}`, commit `{commit}`" + (f", device {devices(costs)}" if costs else "") + ". "
+        f"Config `{p['config_hash']}`, commit `{p['commit']}`" + (f", device {p['device']}" if costs else "") + ". "
+        + f"Deviations: {p['deviations_text']}. "
         + DEFINITIONS + f" Comparison: {paper_note(benchmark, order, shots)}.\n",
         markdown_table(["method", "metric", *names, "mean"], rows, "ll" + "r" * (len(names) + 1)),
     ]
@@ -229,33 +244,33 @@ def table_markdown(
     return "\n".join(parts)
 
 
-LEDGER_COLUMNS = ("setting", "method", "metric", "paper", "ours", "difference", "config", "commit", "device")
+LEDGER_COLUMNS = ("setting", "method", "metric", "paper", "ours", "difference", "config", "commit", "device", "deviations")
 
 
-def ledger_rows(run: str, header: Sequence[str], rows: Sequence[Sequence[str]], costs: Sequence[dict]) -> list[dict]:
-    """The ledger lines of one run: mean Transfer / Avg / Last of each method, ours beside the paper's."""
-    if list(header[:2]) != ["method", "metric"] or header[-1] != "mean":
-        raise ValueError(f"{run}: not a result table (header {list(header)})")
-    cells = {(r[0], r[1]): r[-1] for r in rows}
+def ledger_rows(metrics: dict) -> list[dict]:
+    """The ledger lines of one run, from its metrics.json: mean Transfer / Avg / Last of each method, ours beside
+    the paper's, with the run's config hash, commits, devices and deviations."""
+    prov = metrics["provenance"]
+    paper = metrics.get("paper") or {}
+    ours = {"MoE-Adapters": metrics, "Zero-shot CLIP": metrics.get("zero_shot") or {}}
     out = []
-    for method in ("MoE-Adapters", "Zero-shot CLIP"):
-        for metric in (LABEL[k] for k in METRICS):
-            ours = cells.get((f"{method} (ours)", metric))
-            if ours is None:
+    for method, values in ours.items():
+        for k in METRICS:
+            if k not in values:
                 continue
-            paper = cells.get((f"{method} (paper)", metric)) or None
-            diff = round1(float(ours) - float(paper)) if ours and paper else None
+            mine, theirs = values[k], (paper.get(method) or {}).get(k)
             out.append(
                 {
-                    "setting": run,
+                    "setting": prov["run"],
                     "method": method,
-                    "metric": metric,
-                    "paper": float(paper) if paper else None,
-                    "ours": float(ours) if ours else None,
-                    "difference": diff,
-                    "config": _provenance(costs, "config_hash"),
-                    "commit": _provenance(costs, "commit"),
-                    "device": devices(costs),
+                    "metric": LABEL[k],
+                    "paper": theirs,
+                    "ours": mine,
+                    "difference": round1(mine - theirs) if mine is not None and theirs is not None else None,
+                    "config": prov["config_hash"],
+                    "commit": prov["commit"],
+                    "device": prov["device"],
+                    "deviations": prov["deviations_text"],
                 }
             )
     return out
@@ -277,12 +292,14 @@ def ledger_markdown(rows: Sequence[dict], runs: Sequence[str]) -> str:
     return "\n".join(
         [
             "# Reproduction ledger\n",
-            "Generated by `moe-adapters ledger` (the workflow's `ledger` rule) from the result tables and cost "
-            "records of the runs present; never edit it by hand: `snakemake` regenerates it (the default target includes it). "
+            "Generated by `moe-adapters ledger` (the workflow's `ledger` rule) from the metrics.json of the runs it lists "
+            "(`report.ledger_runs`, by default the config's own run); never edit it by hand: `snakemake` regenerates it "
+            "(the default target includes it). "
             "Numbers are means over the datasets of a setting. " + DEFINITIONS
             + " Difference = ours − paper; — where the paper has no number. Config is the hash of the validated "
-            "run config recorded in every output; commit is the code's git commit when the results were made.\n",
-            markdown_table(LEDGER_COLUMNS, [[r[k] for k in LEDGER_COLUMNS] for r in rows], "lllrrrlll"),
+            "run config; commit is the code's git commit when the results were made; deviations lists every setting "
+            "that differs from the reference's.\n",
+            markdown_table(LEDGER_COLUMNS, [[r[k] for k in LEDGER_COLUMNS] for r in rows], "lllrrrllll"),
             "Settings:\n",
             *notes,
             "",
@@ -303,32 +320,107 @@ def ledger_rst(rows: Sequence[dict], runs: Sequence[str]) -> str:
     lines.append("")
     for run in runs:
         first = next((r for r in rows if r["setting"] == run), None)
-        prov = f"config ``{first['config']}``, commit ``{first['commit']}``, device {first['device']}" if first else ""
+        prov = (
+            f"config ``{first['config']}``, commit ``{first['commit']}``, device {first['device']}, "
+            f"deviations: {first['deviations']}" if first else ""
+        )
         lines.append(f"- ``{run}``: {prov}; {paper_note(*parse_run(run))}.")
     return "\n".join(lines) + "\n"
-
-
-def table_run(path: str | Path) -> str:
-    """The run a table belongs to, from its name <run>_table.csv."""
-    name = Path(path).name
-    if not name.endswith("_table.csv"):
-        raise ValueError(f"{path}: a run's table is named <run>_table.csv")
-    run = name.removesuffix("_table.csv")
-    parse_run(run)
-    return run
 
 
 def read_table(path) -> tuple[list[str], list[list[str]]]:
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
+    if not rows:
+        raise ValueError(f"{path}: empty table")
     return rows[0], rows[1:]
 
 
 def format_table(path) -> str:
-    """A fixed-width text rendering of a table CSV (what the mini benchmark prints at the end)."""
+    """A fixed-width text rendering of a table CSV (what the mini benchmark prints at the end), its provenance
+    columns shown once, below the numbers."""
     header, rows = read_table(path)
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).rjust(w) if i > 1 else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False))) for r in [header, *rows]]
+    prov_cols = [i for i, h in enumerate(header) if h in PROVENANCE_COLUMNS]
+    keep = [i for i in range(len(header)) if i not in prov_cols]
+    table = [[r[i] if i < len(r) else "" for i in keep] for r in [header, *rows]]
+    widths = [max(len(str(r[i])) for r in table) for i in range(len(keep))]
+    lines = [
+        "  ".join(str(c).rjust(w) if i > 1 else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in table
+    ]
     lines.insert(1, "-" * len(lines[0]))
+    if prov_cols and rows:
+        lines.append("; ".join(f"{header[i]}: {rows[0][i]}" for i in prov_cols))
     return "\n".join(lines)
 
+
+def _changed(base: dict, other: dict) -> dict:
+    """What a variant sets differently from the baseline (both relative to the reference)."""
+    b, o = base["provenance"]["deviations"], other["provenance"]["deviations"]
+    out = {}
+    for k in sorted(set(b) | set(o)):
+        bv = b[k]["value"] if k in b else o[k]["reference"]
+        ov = o[k]["value"] if k in o else b[k]["reference"]
+        if bv != ov:
+            out[k] = ov
+    return out
+
+
+ABLATION_COLUMNS = ("run", "changed", "transfer", "avg", "last", "d_transfer", "d_avg", "d_last", "config")
+
+
+def ablation_rows(base: dict, variants: Sequence[dict], summary: bool = False) -> list[dict]:
+    """One row per run (the baseline first): its means, what it changes, and its difference from the baseline.
+
+    With `summary` (a seed sweep), a last row gives mean ± std (sample std, n-1) over all the runs.
+    """
+    rows = []
+    for m in [base, *variants]:
+        ch = _changed(base, m)
+        row = {
+            "run": m["provenance"]["run"],
+            "changed": "baseline" if m is base else ("; ".join(f"{k}={_fmt(v)}" for k, v in ch.items()) or "nothing"),
+            "config": m["provenance"]["config_hash"],
+        }
+        for k in METRICS:
+            row[k] = m.get(k)
+            row[f"d_{k}"] = None if m is base or m.get(k) is None or base.get(k) is None else round1(m[k] - base[k])
+        rows.append(row)
+    if summary:
+        row = {"run": f"mean ± std over {len(rows)} runs", "changed": "", "config": ""}
+        for k in METRICS:
+            vals = [r[k] for r in rows if r[k] is not None]
+            std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+            row[k] = f"{np.mean(vals):.1f} ± {std:.1f}" if vals else None
+            row[f"d_{k}"] = None
+        rows.append(row)
+    return rows
+
+
+def _fmt(v) -> str:
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def ablation_csv(rows: Sequence[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(ABLATION_COLUMNS)
+    for r in rows:
+        w.writerow([_cell(r[k]) for k in ABLATION_COLUMNS])
+    return buf.getvalue()
+
+
+def ablation_markdown(rows: Sequence[dict], *, title: str, baseline: dict) -> str:
+    """The ablation table for people: means of every variant beside the baseline's, and the differences."""
+    p = baseline["provenance"]
+    header = ["run", "changed", "Transfer", "Avg", "Last", "Δ Transfer", "Δ Avg", "Δ Last", "config"]
+    body = [[r[k] for k in ABLATION_COLUMNS] for r in rows]
+    return "\n".join(
+        [
+            f"# {title}\n",
+            f"Baseline `{p['run']}` (config `{p['config_hash']}`; deviations: {p['deviations_text']}). Means over the "
+            "datasets of the order, top-1 % (" + DEFINITIONS + ") Δ = variant − baseline. Steps whose config slice "
+            "and inputs equal the baseline's are shared with it, not recomputed.\n",
+            markdown_table(header, body, "llrrrrrrl"),
+        ]
+    )

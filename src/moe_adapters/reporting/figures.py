@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import LogNorm
+from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .fsutil import atomic_path
+from ..fsutil import atomic_path
 
 ZERO_SHOT_ROUTE = "zero-shot"
 
@@ -150,10 +150,10 @@ def routing_figure(routing: pd.DataFrame, *, title: str) -> Figure:
 
 
 def expert_counts_figure(
-    counts: dict[str, np.ndarray], frozen: dict[str, np.ndarray] | None = None, *, title: str
+    counts: dict[str, np.ndarray], frozen: dict[str, np.ndarray] | None = None, *, title: str, scale: str = "log"
 ) -> Figure:
-    """Per tower: how many training samples each expert of each layer was selected for during a task (log colour),
-    with the experts frozen after the task marked."""
+    """Per tower: how many training samples each expert of each layer was selected for during a task (log or linear
+    colour scale; on the log scale a count of 0 shows as 1), with the experts frozen after the task marked."""
     towers = [t for t in ("visual", "text") if t in counts]
     if not towers:
         raise ValueError("no selection counts (expected 'visual' and/or 'text')")
@@ -161,13 +161,13 @@ def expert_counts_figure(
     fig = _figure(2.0 + 0.42 * n_experts, 0.8 + len(towers) * (1.0 + 0.42 * n_layers))
     axes = fig.subplots(len(towers), 1, squeeze=False).ravel()
     vmax = max(float(np.asarray(counts[t]).max()) for t in towers)
-    norm = LogNorm(vmin=1, vmax=max(vmax, 10.0))
+    norm = LogNorm(vmin=1, vmax=max(vmax, 10.0)) if scale == "log" else Normalize(vmin=0, vmax=max(vmax, 1.0))
     for ax, tower in zip(axes, towers, strict=True):
         c = np.asarray(counts[tower], dtype=float)
         frame = pd.DataFrame(c, index=[f"layer {i}" for i in range(c.shape[0])], columns=range(c.shape[1]))
         sns.heatmap(
-            frame.clip(lower=1), ax=ax, norm=norm, cmap="mako_r", linewidths=0.3, linecolor="white",
-            cbar_kws={"label": "samples routed (log)"},
+            frame.clip(lower=1) if scale == "log" else frame, ax=ax, norm=norm, cmap="mako_r", linewidths=0.3,
+            linecolor="white", cbar_kws={"label": f"samples routed ({scale})"},
         )
         if frozen is not None and tower in frozen:
             ys, xs = np.nonzero(np.asarray(frozen[tower]))
@@ -182,7 +182,7 @@ def expert_counts_figure(
     return fig
 
 
-def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+def save_figure(fig: Figure, path: str | Path, dpi: int) -> Path:
     """Write a figure as PNG, atomically (a half-written image never carries the final name)."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})

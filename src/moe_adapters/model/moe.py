@@ -15,15 +15,28 @@ ZERO_SHOT = -1
 
 @dataclass(frozen=True)
 class MoESpec:
-    """Shape of the MoE adapters; the paper's MTIL values are the defaults."""
+    """Shape of the MoE adapters (the run configuration's `model` section gives the values; see from_model)."""
 
-    num_experts: int = 22
-    top_k: int = 2
-    bottleneck: int = 64
-    num_routers: int = 11
-    dropout: float = 0.1
-    scale: float = 0.1
-    noise_epsilon: float = 1e-2
+    num_experts: int
+    top_k: int
+    bottleneck: int
+    num_routers: int
+    dropout: float
+    scale: float
+    noise_epsilon: float
+
+    @classmethod
+    def from_model(cls, model, num_routers: int) -> MoESpec:
+        """From a config.ModelConfig: one router per task of the order."""
+        return cls(
+            num_experts=model.num_experts,
+            top_k=model.top_k,
+            bottleneck=model.bottleneck,
+            num_routers=num_routers,
+            dropout=model.expert_dropout,
+            scale=model.expert_scale,
+            noise_epsilon=model.noise_epsilon,
+        )
 
     def __post_init__(self) -> None:
         if not 1 <= self.top_k <= self.num_experts:
@@ -32,14 +45,10 @@ class MoESpec:
             raise ValueError("num_routers and bottleneck must be positive")
 
 
-MTIL_SPEC = MoESpec()
-CIL_SPEC = MoESpec(num_experts=2, top_k=2, num_routers=1)
-
-
 class Expert(nn.Module):
     """One adapter expert: Linear(d, r) -> ReLU -> Dropout -> Linear(r, d), times a fixed scale."""
 
-    def __init__(self, width: int, bottleneck: int = 64, dropout: float = 0.1, scale: float = 0.1):
+    def __init__(self, width: int, bottleneck: int, dropout: float, scale: float):
         super().__init__()
         self.down_proj = nn.Linear(width, bottleneck)
         self.up_proj = nn.Linear(bottleneck, width)
@@ -71,7 +80,7 @@ def noisy_top_k_gating(
     w_noise: torch.Tensor,
     top_k: int,
     noisy: bool,
-    noise_epsilon: float = 1e-2,
+    noise_epsilon: float,
 ) -> Gating:
     """Noisy top-k gating (Shazeer et al. 2017) with softmax over the kept logits only.
 
@@ -134,23 +143,31 @@ class MoELayer(nn.Module):
         return self.combine_dispatch(x, g)
 
     def combine_batched(self, x: torch.Tensor, g: Gating) -> torch.Tensor:
-        """All chosen experts of all samples in two batched matmuls (one down, one up)."""
+        """All chosen experts of all samples in two batched matmuls (one down, one up).
+
+        Only the experts some sample chose enter the computation, so an expert no sample chose gets no gradient
+        at all (grad None), as with the reference's sparse dispatch, and AdamW leaves its weights and state alone.
+        """
         B, N, d = x.shape
         k, r = self.spec.top_k, self.spec.bottleneck
-        idx = g.indices.reshape(-1)  # [B*k]; index_select has a much cheaper backward than fancy indexing
-        w_down = torch.stack([e.down_proj.weight for e in self.experts])  # [E, r, d]
-        b_down = torch.stack([e.down_proj.bias for e in self.experts])  # [E, r]
-        w_up = torch.stack([e.up_proj.weight.T for e in self.experts])  # [E, r, d]
-        b_up = torch.stack([e.up_proj.bias for e in self.experts])  # [E, d]
-        # Down-projections of a sample's k experts side by side: [B, d, k*r].
-        wd = w_down.index_select(0, idx).view(B, k * r, d).transpose(1, 2)
-        h = torch.baddbmm(b_down.index_select(0, idx).view(B, 1, k * r), x, wd)
+        idx = g.indices.reshape(-1).contiguous()  # [B*k]
+        used = torch.unique(idx)  # sorted expert indices that some sample chose
+        pos = torch.searchsorted(used, idx)  # each choice as a position among the used experts
+        experts = [self.experts[e] for e in used.tolist()]
+        w_down = torch.stack([e.down_proj.weight for e in experts])  # [U, r, d]
+        b_down = torch.stack([e.down_proj.bias for e in experts])  # [U, r]
+        w_up = torch.stack([e.up_proj.weight.T for e in experts])  # [U, r, d]
+        b_up = torch.stack([e.up_proj.bias for e in experts])  # [U, d]
+        # Down-projections of a sample's k experts side by side: [B, d, k*r]; index_select has a much cheaper
+        # backward than fancy indexing.
+        wd = w_down.index_select(0, pos).view(B, k * r, d).transpose(1, 2)
+        h = torch.baddbmm(b_down.index_select(0, pos).view(B, 1, k * r), x, wd)
         h = F.dropout(F.relu(h), p=self.spec.dropout, training=self.training)
         # Fold gate and scale into the hidden units, so one matmul sums the k experts.
         gs = g.weights * self.spec.scale  # [B, k]
         h = (h.view(B, N, k, r) * gs.view(B, 1, k, 1)).view(B, N, k * r)
-        wu = w_up.index_select(0, idx).view(B, k * r, d)
-        bias = (gs.unsqueeze(-1) * b_up.index_select(0, idx).view(B, k, d)).sum(1, keepdim=True)  # [B, 1, d]
+        wu = w_up.index_select(0, pos).view(B, k * r, d)
+        bias = (gs.unsqueeze(-1) * b_up.index_select(0, pos).view(B, k, d)).sum(1, keepdim=True)  # [B, 1, d]
         return torch.baddbmm(bias, h, wu)
 
     def combine_dispatch(self, x: torch.Tensor, g: Gating) -> torch.Tensor:

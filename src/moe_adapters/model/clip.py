@@ -34,9 +34,9 @@ def register_model_configs() -> None:
 class BackboneSpec:
     """Which open_clip model and weights the adapters sit on."""
 
-    name: str = "ViT-B-16"
-    quick_gelu: bool = True
-    pretrained: str | None = "openai"  # an open_clip tag, a local file, or None (random init)
+    name: str
+    quick_gelu: bool
+    pretrained: str | None  # an open_clip tag, a local file, or None (random init)
 
     def describe(self) -> dict:
         return asdict(self)
@@ -124,9 +124,7 @@ def backbone_fingerprint(clip: nn.Module) -> str:
 class MoECLIP(nn.Module):
     """An open_clip CLIP whose every residual block carries a parallel MoE adapter."""
 
-    def __init__(
-        self, clip: open_clip.CLIP, spec: MoESpec, backbone: BackboneSpec | None = None, init_seed: int = 42
-    ):
+    def __init__(self, clip: open_clip.CLIP, spec: MoESpec, backbone: BackboneSpec, init_seed: int):
         super().__init__()
         for tower, blocks in (("visual", clip.visual.transformer), ("text", clip.transformer)):
             if not blocks.batch_first:
@@ -136,8 +134,8 @@ class MoECLIP(nn.Module):
                     raise TypeError(f"{tower} blocks must be open_clip ResidualAttentionBlock, got {type(b)}")
         self.clip = clip
         self.spec = spec
-        self.backbone = backbone or BackboneSpec(pretrained=None)
-        # Adapter initialisation is seeded, so every job and every machine starts from the same experts.
+        self.backbone = backbone
+        # Adapter initialisation is seeded (train.seed), so every job and every machine starts from the same experts.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
             self.visual_moe = nn.ModuleList(
@@ -229,7 +227,7 @@ class MoECLIP(nn.Module):
     def _encode_image(self, images, route, counts, normalize):
         self._check_route(route)
         v = self.clip.visual
-        x = v._embeds(images)
+        x = v._embeds(images.to(v.conv1.weight.dtype))  # a float64 model (tests) takes float32 images too
         x = self._blocks(v.transformer.resblocks, self.visual_moe, x, None, route, counts)
         pooled, _ = v._pool(x)
         if v.proj is not None:
@@ -298,19 +296,18 @@ class MoECLIP(nn.Module):
                     params.append(p)
         return params
 
-    def freeze_most_selected(self, counts: dict[str, torch.Tensor], per_layer: int = 2) -> None:
+    def freeze_most_selected(self, counts: dict[str, torch.Tensor], per_layer: int) -> None:
         """Activate-freeze: the `per_layer` most selected experts of every layer and tower join the frozen set.
 
-        Ties go to the lower expert index; the frozen set only grows.
+        As the reference: `torch.topk` over each layer's selection counts as a 1-D float32 CPU vector, so ties go
+        to the experts that CPU topk picks; the frozen set only grows.
         """
         for tower in TOWERS:
-            c = counts[tower].cpu()
-            order = torch.sort(c, dim=1, descending=True, stable=True).indices[:, :per_layer]
+            c = counts[tower].detach().to("cpu", torch.float32)
             frozen = self.frozen(tower)
-            frozen[
-                torch.arange(c.shape[0]).unsqueeze(1).expand_as(order).to(frozen.device),
-                order.to(frozen.device),
-            ] = True
+            for layer in range(c.shape[0]):
+                top = torch.topk(c[layer], per_layer).indices
+                frozen[layer, top.to(frozen.device)] = True
 
     # ------------------------------------------------------------------ state
     def moe_state_dict(self) -> dict[str, torch.Tensor]:
@@ -339,10 +336,10 @@ class MoECLIP(nn.Module):
         }
 
 
-def build_model(backbone: BackboneSpec, spec: MoESpec, device: str | torch.device = "cpu") -> MoECLIP:
-    """Backbone plus freshly initialised adapters, on `device`."""
+def build_model(backbone: BackboneSpec, spec: MoESpec, init_seed: int, device: str | torch.device = "cpu") -> MoECLIP:
+    """Backbone plus freshly initialised adapters (seeded by `init_seed`), on `device`."""
     clip = create_backbone(backbone, device="cpu")
-    model = MoECLIP(clip, spec, backbone)
+    model = MoECLIP(clip, spec, backbone, init_seed)
     return model.to(device)
 
 

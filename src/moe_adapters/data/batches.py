@@ -1,4 +1,4 @@
-"""Datasets, transforms and deterministic, resumable batch iteration."""
+"""Training data: image arrays as datasets, tasks, and deterministic, resumable batch iteration."""
 
 from __future__ import annotations
 
@@ -9,44 +9,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms as T
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    return img.convert("RGB")
-
-
-def train_transform(size: int, mean=CLIP_MEAN, std=CLIP_STD) -> Callable:
-    """Protocol train transform: RandomResizedCrop(size, scale 0.9-1.0, bicubic), RGB, tensor, normalise; no flip."""
-    return T.Compose(
-        [
-            T.RandomResizedCrop(size, scale=(0.9, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-            _to_rgb,
-            T.ToTensor(),
-            T.Normalize(mean, std),
-        ]
-    )
-
-
-def eval_geometry(size: int) -> Callable:
-    """The deterministic part of the eval transform (resize bicubic, centre crop), cacheable as uint8."""
-    return T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size), _to_rgb])
-
-
-def eval_transform(size: int, mean=CLIP_MEAN, std=CLIP_STD) -> Callable:
-    """Protocol eval transform: Resize(size, bicubic), CenterCrop(size), RGB, tensor, normalise."""
-    return T.Compose([eval_geometry(size), T.ToTensor(), T.Normalize(mean, std)])
-
-
-def normalize_uint8(batch: torch.Tensor, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
-    """uint8 [B, 3, H, W] (already resized and cropped) to CLIP-normalised float, exactly as ToTensor+Normalize."""
-    x = batch.float().div(255.0)
-    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x - m) / s
 
 
 class ArrayImageDataset(Dataset):
@@ -70,13 +32,12 @@ class ArrayImageDataset(Dataset):
 
 @dataclass
 class TaskData:
-    """One task of a benchmark: its name, class names, prompt templates and its two splits."""
+    """One task of a benchmark to train on: its name, class names, prompt templates and its train split."""
 
     name: str
     classnames: list[str]
     templates: list[str]
     train: Dataset
-    test: Dataset
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -203,24 +164,3 @@ def few_shot_subset(batches: TrainBatches, shots: int, num_classes: int) -> Tens
         images.extend(imgs)
         labels.extend([label] * len(imgs))
     return TensorPairDataset(torch.stack(images), torch.tensor(labels))
-
-
-class TransformedDataset(Dataset):
-    """A dataset with a deterministic transform applied to its images."""
-
-    def __init__(self, base: Dataset, transform: Callable):
-        self.base, self.transform = base, transform
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, i: int):
-        img, y = self.base[i]
-        return self.transform(img), y
-
-
-def eval_batches(dataset: Dataset, transform: Callable, batch_size: int, num_workers: int = 0) -> DataLoader:
-    """Test-set batches in the dataset's own order (DDAS decides per batch, so order matters)."""
-    return DataLoader(
-        TransformedDataset(dataset, transform), batch_size=batch_size, shuffle=False, num_workers=num_workers
-    )

@@ -5,15 +5,10 @@ from __future__ import annotations
 
 import csv
 import io
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .fsutil import read_json
-
-if TYPE_CHECKING:
-    import torch
+from ..fsutil import read_json
 
 COLUMNS = (
     "stage",
@@ -26,33 +21,6 @@ COLUMNS = (
     "commit",
 )
 STAGES = ("pretraining", "backbone", "training", "autoencoders", "evaluation")
-
-
-def peak_memory(device: torch.device) -> int | None:
-    """Peak memory of this process so far: the CUDA allocator's peak on a GPU, the maximum resident set on a CPU."""
-    import torch
-
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    try:
-        import resource
-
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-    except Exception:  # pragma: no cover - platform without resource
-        return None
-
-
-def cost(start: float, device: torch.device | str, trainable: int | None = None) -> dict:
-    """Wall time since `start`, peak memory and device of a step, recorded in its outputs."""
-    import torch
-
-    device = torch.device(device)
-    return {
-        "wall_seconds": round(time.time() - start, 3),
-        "peak_memory_bytes": peak_memory(device),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        **({"trainable_parameters": trainable} if trainable is not None else {}),
-    }
 
 
 def cost_row(stage: str, item: str, meta: dict) -> dict:
@@ -82,7 +50,7 @@ def collect_costs(
     evaluations: Sequence[str | Path] = (),
 ) -> list[dict]:
     """Every step's cost, in the order the workflow runs them."""
-    from .checkpoint import read_metadata
+    from ..checkpoint import read_metadata
 
     rows = []
     if pretrained is not None:

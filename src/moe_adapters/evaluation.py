@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .ddas import Autoencoder, autoencoder_mse
-from .model import MoECLIP
-from .moe import ZERO_SHOT
+from .model.clip import MoECLIP
+from .model.ddas import Autoencoder, autoencoder_mse
+from .model.moe import ZERO_SHOT
 
 EVAL_LOGIT_SCALE = 100.0
 
@@ -152,25 +152,19 @@ def evaluate_dataset(
     templates: Sequence[str],
     images: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
     *,
-    routes: torch.Tensor | None = None,
-    force_route: int | None = None,
+    routes: torch.Tensor,
     device: str | torch.device = "cpu",
     zero_shot_features: torch.Tensor | None = None,
     zero_shot_head: torch.Tensor | None = None,
-    batch_size: int = 128,
+    batch_size: int,
 ) -> DatasetResult:
-    """Accuracy of `model` on one test set, routing every sample by `routes` (DDAS) or `force_route`.
+    """Accuracy of `model` on one test set, routing every sample by `routes` (DDAS's decision, or one route).
 
     `images` returns a fresh iterable of (CLIP-normalised images, labels) batches in test-set order.
     Text heads are built once per route actually used; `zero_shot_head` (computed once per test set, the
     same for every checkpoint) stands in for the zero-shot route's.
     """
     model.eval()
-    if routes is None:
-        if force_route is None:
-            raise ValueError("give DDAS routes or a route to force")
-        n = sum(len(y) for _, y in images())  # labels only: lazily read images are not loaded
-        routes = torch.full((n,), force_route, dtype=torch.long)
     cache: dict[int, torch.Tensor] = {}
     if zero_shot_head is not None:
         cache[ZERO_SHOT] = zero_shot_head.to(device)

@@ -1,0 +1,46 @@
+"""What every compute step records with its output: its cost (wall time, peak memory, device, trainable
+parameters) and its provenance (the step's config slice and its hash, the commit, the deviations)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+def peak_memory(device: torch.device) -> int | None:
+    """Peak memory of this process so far: the CUDA allocator's peak on a GPU, the maximum resident set on a CPU."""
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    except Exception:  # pragma: no cover - platform without resource
+        return None
+
+
+def cost(start: float, device: torch.device | str, trainable: int | None = None, elapsed: float | None = None) -> dict:
+    """Wall time since `start` (or `elapsed`, every attempt of a resumed step), peak memory and device of a step."""
+    import torch
+
+    device = torch.device(device)
+    return {
+        "wall_seconds": round(time.time() - start if elapsed is None else elapsed, 3),
+        "peak_memory_bytes": peak_memory(device),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        **({"trainable_parameters": trainable} if trainable is not None else {}),
+    }
+
+
+
+
+def provenance(spec: Any) -> dict:
+    """The step's config slice, its hash, and the code's commit: recorded in every output of a compute step."""
+    from ..config import code_commit, digest, to_plain
+
+    return {"config_hash": digest(spec), "step": to_plain(spec), "commit": code_commit()}
