@@ -58,6 +58,7 @@ def test_two_rules_through_sbatch(slurm, tmp_path: Path):  # noqa: F811
     cmd = [
         sys.executable, "-m", "snakemake", "--jobs", "2", *FAST_SLURM,
         "--default-resources", "slurm_partition=test", "mem_mb=500", "runtime=5",
+        "--verbose",  # the plugin logs each sbatch call
     ]  # fmt: skip
     start = time.monotonic()
     r = subprocess.run(cmd, cwd=tmp_path, env=slurm.env, capture_output=True, text=True, timeout=300)
@@ -74,7 +75,11 @@ def test_two_rules_through_sbatch(slurm, tmp_path: Path):  # noqa: F811
     assert {a_id, b_id} <= set(slurm.job_ids())
     for rule, jobid in (("a", a_id), ("b", b_id)):
         assert (tmp_path / ".snakemake" / "slurm_logs" / f"rule_{rule}" / f"{jobid}.log").is_file()
-    # rule b's gpu=1 reached SLURM as --gpus=1: the job holds the node's GPU
+    # rule b's gpu=1 reached SLURM as --gpus=1 (rule a asked for none), and the job holds the node's GPU
+    calls = re.findall(r"sbatch call: (sbatch .*)", log)
+    assert len(calls) == 2, log
+    assert [("--gpus=1" in c) for c in calls] == [False, True], calls
+    assert all("--cpus-per-task=1" in c and "--mem 500" in c and "-t 5" in c for c in calls), calls
     assert gpus == "0"
     assert "Falling back to 'sacct'" not in log  # status came from squeue
     print(f"snakemake through SLURM: {took:.1f} s, SLURM jobs a={a_id} b={b_id}")
