@@ -2,10 +2,12 @@
 
 Everything the daemons write lives in one temporary folder: slurm.conf (SLURM_CONF points to it),
 gres.conf, the munge key, munge's socket, seed, log and pid files, slurmctld's state, slurmd's spool,
-both daemons' logs. Nothing goes to /etc, /run, /var/spool or /var/log, and the daemons listen on free
-ports picked at start, so a system SLURM or munge on the machine is neither used nor disturbed.
+both daemons' logs, and bin/, scripts that give every SLURM client this slurm.conf. Nothing goes to /etc,
+/run, /var/spool or /var/log, and the daemons listen on free ports picked at start, so a system SLURM or
+munge on the machine is neither used nor disturbed. The node is this machine as `slurmd -C` sees it
+(hostname, CPUs, memory), in one partition `test`, with no accounting (job status from squeue only).
 
-    from .slurm_cluster import slurm  # a module-scoped pytest fixture: a running SlurmCluster
+    from .slurm_cluster import slurm  # a module-scoped pytest fixture: a SlurmCluster with 1 pretend GPU
 
     def test_x(slurm):
         slurm.run(["sbatch", "--wrap", "true"])   # or subprocess with env=slurm.env
@@ -75,7 +77,7 @@ def _install_packages() -> str | None:
             ["apt-get", "update", "-qq"],
             ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES],
         )
-        for cmd in steps:
+        for cmd in steps:  # a failed update is not fatal: the package lists may already be there
             r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
             if r.returncode != 0 and cmd[1] == "install":
                 tail = (r.stdout + r.stderr).strip().splitlines()[-5:]
@@ -111,10 +113,13 @@ def slurm_skip_reason() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """n distinct ports free now (all held open until all are picked)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
 
 
 def node_description() -> dict[str, str]:
@@ -126,7 +131,8 @@ def node_description() -> dict[str, str]:
 
 @dataclass
 class SlurmCluster:
-    """A running single-node cluster; `env` is os.environ plus SLURM_CONF, for every SLURM client call."""
+    """A running single-node cluster. `env`, for every SLURM client call and every Snakemake run against it:
+    os.environ with SLURM_CONF and the client scripts first in PATH, without an outer job's SLURM_* vars."""
 
     root: Path
     conf: Path
@@ -190,13 +196,14 @@ def _write_config(root: Path, node: dict[str, str], gpus: int, munge_socket: Pat
         for k in ("Boards", "SocketsPerBoard", "CoresPerSocket", "ThreadsPerCore")
         if k in node
     )
+    ctld_port, slurmd_port = _free_ports(2)
     conf = root / "slurm.conf"
     conf.write_text(
         f"""# written by tests/slurm_cluster.py; everything below lives in {root}
 ClusterName=moetest
 SlurmctldHost={node["NodeName"]}
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -392,7 +399,7 @@ def _end_steps(conf: Path, timeout: float = 15) -> None:
 
 
 @pytest.fixture(scope="module")
-def slurm(tmp_path_factory) -> Iterator[SlurmCluster]:
+def slurm() -> Iterator[SlurmCluster]:
     """A running single-node SLURM for the module's tests; skipped (with the reason) where none can run."""
     reason = slurm_skip_reason()
     if reason:
