@@ -42,8 +42,10 @@ rule b:
         "(cat {input}; echo $SLURM_JOB_ID; echo ${{CUDA_VISIBLE_DEVICES:-none}}) > {output}"
 """
 
-# The plugin's polling: the first check after 1 s, and 1 s again after each check that saw a job end
-# (it adds 10 s after each check that saw none end). MinJobAge=600 >= 3 x 1 s, so squeue stays in use.
+# The plugin's polling: every 1 s while no job is out and after each check that saw a job end; 10 s more
+# after each check that saw none end (fixed in the plugin). A job here takes ~3 s, so it is seen running
+# once, then done 11 s later: ~12 s a job, the least these settings give (a longer first wait only adds).
+# MinJobAge=600 >= 3 x 1 s, so the plugin keeps squeue rather than falling back to sacct.
 FAST_SLURM = [
     "--executor", "slurm",
     "--slurm-status-command", "squeue",
