@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,cluster]'
 	touch $@
 
 mini: install
@@ -25,8 +25,10 @@ test: install
 test-all: install  # slow tests too (torch.compile on a CPU); GPU tests run where CUDA is
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
-lint: install
+lint: install  # Python (ruff), the workflow's format (snakefmt) and Snakemake's own linter
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	@out="$$(HF_HUB_OFFLINE=1 $(BIN)/snakemake --lint 2>&1)"; echo "$$out"; echo "$$out" | grep -q "Congratulations"
 
 clean-mini:
 	rm -rf results/mini

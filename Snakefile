@@ -22,16 +22,12 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 
 
-def run_results(run):
-    """What a finished run offers a reader: tables (CSV, Markdown, metrics.json), cost, its config, and figures."""
-    n = len(datasets(run))
-    tables = [
-        *expand(rules.table.output, run=run),
-        *expand(rules.costs.output.costs, run=run),
-        *expand(rules.run_config.output.config, run=run),
-    ]
-    figures = [*expand(rules.figures.output, run=run), *expand(rules.expert_figure.output.figure, run=run, k=range(n))]
-    return [*tables, *figures]
+wildcard_constraints:
+    run=r"[a-z]+_order[0-9]+(_[0-9]+shot)?(-[A-Za-z0-9][A-Za-z0-9_.]*)?",
+    setting=r"[a-z]+(_order[0-9]+(_[0-9]+shot)?)?",
+    axis=r"[a-z_]+",
+    k=r"[0-9]+",
+    dataset=r"[A-Za-z0-9_-]+",
 
 
 include: "workflow/rules/data.smk"

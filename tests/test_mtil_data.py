@@ -274,6 +274,8 @@ def test_each_dataset_prepares(cfg, pins, name):
     assert m["classnames"] == names
     want_templates = ["a bad photo of a {c}."] if name == "TinyImageNet" else PROTO["datasets"][name]["templates"]
     assert m["templates"] == want_templates
+    if name == "MNIST":  # the reference's prompts: torchvision's class names in the ZSCL template
+        assert p.task_data().prompts(0)[:2] == ['a photo of the number: "0 - zero".', 'a photo of the number: "1 - one".']
     assert (m["num_train"], m["num_test"]) == (spec["sizes"]["train"], spec["sizes"]["test"])
     images, labels = p.test_arrays()
     assert images.dtype == np.uint8 and images.shape == (spec["sizes"]["test"], 3, 32, 32)

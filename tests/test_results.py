@@ -229,3 +229,25 @@ def test_figures_are_written_as_png(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png", "e.png", "m.png", "r.png"]  # no temporaries left
     with pytest.raises(ValueError, match="no selection counts"):
         figures.expert_counts_figure({}, title="t")
+
+
+def test_a_5shot_run_with_1000_iterations_says_so_in_table_and_ledger(tmp_path):
+    from moe_adapters.config import load_config
+    from moe_adapters.reporting.steps import provenance_of
+    from moe_adapters.steps.specs import report_spec
+
+    spec = report_spec(load_config(overrides={"shots": 5, "train": {"iterations": 1000}}))
+    prov = provenance_of(spec, COSTS)
+    assert spec.run == "mtil_order1_5shot" and spec.deviations == {"train.iterations": {"value": 1000, "reference": 500}}
+    names = load_protocol("mtil")["orders"]["order1"]
+    acc = np.full((11, 11), 50.0)
+    rows = build_table(names, acc, [40.0] * 11, benchmark="mtil", order="order1", shots=5)
+    table = table_csv(names, rows, prov)
+    assert all(line.endswith(",train.iterations=1000 (reference: 500)") for line in table.splitlines()[1:])
+    m = {**run_metrics(names, acc, [40.0] * 11), "paper": paper_means("mtil", "order1", 5), "provenance": prov}
+    write_json(tmp_path / "m.json", m)
+    ledger_step([tmp_path / "m.json"], tmp_path / "REPRODUCIBILITY.md", tmp_path / "ledger.csv")
+    assert "train.iterations=1000 (reference: 500)" in (tmp_path / "REPRODUCIBILITY.md").read_text()
+    assert {r["deviations"] for r in csv.DictReader((tmp_path / "ledger.csv").open())} == {
+        "train.iterations=1000 (reference: 500)"
+    }

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from .workflow_helpers import snakemake
+from .workflow_helpers import SNAKEMAKE, snakemake
 
 
 def job_counts(out: str) -> dict[str, int]:
@@ -62,3 +62,21 @@ def test_reduced_mini_run_through_snakemake(reduced_mini_run):
     # a second invocation has nothing to do
     again = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(reduced_mini_run.config))
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_the_workflow_lints_clean_and_is_formatted():
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from .workflow_helpers import REPO, tool_env
+
+    r = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(REPO), "--lint"], capture_output=True,
+                       text=True, env=tool_env())
+    assert r.returncode == 0 and "Congratulations, your workflow is in a good condition" in r.stdout + r.stderr, (
+        r.stdout + r.stderr
+    )[-3000:]
+    snakefmt = shutil.which("snakefmt", path=str(Path(sys.executable).parent)) or "snakefmt"
+    r = subprocess.run([snakefmt, "--check", "Snakefile", "workflow/rules"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -92,3 +93,16 @@ def reduced_mini_repo(root: Path, remote: Path) -> tuple[Path, subprocess.Comple
         run(repo, "git", "add", "dvc.lock")
         run(repo, "git", "commit", "-q", "-m", "reduced mini run")
     return repo, r
+
+
+def planned_jobs(out: str) -> set[tuple[str, tuple]]:
+    """The jobs a Snakemake dry run plans: (rule, sorted wildcards), the target rule `all` left out."""
+    jobs = set()
+    for block in re.split(r"\n(?=\[|(?:local)?rule \w+:)", out):
+        m = re.match(r"(?:\[[^\n]*\]\n)?(?:local)?rule (\w+):", block)
+        if not m or m.group(1) == "all":
+            continue
+        w = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+        wildcards = tuple(sorted(tuple(kv.split("=", 1)) for kv in w.group(1).split(", "))) if w else ()
+        jobs.add((m.group(1), wildcards))
+    return jobs

@@ -11,7 +11,9 @@ rule backbone:
         identity=f"{R}/{{run}}/backbone.json",
     log:
         f"{R}/{{run}}/logs/backbone.log",
+    conda:
+        ENV
     params:
         spec=spec("backbone"),
     shell:
-        "{MOE} backbone --spec {params.spec:q} --out {output.identity} > {log} 2>&1"
+        "moe-adapters backbone --spec {params.spec:q} --out {output.identity} > {log} 2>&1"

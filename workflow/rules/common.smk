@@ -1,4 +1,4 @@
-# Config validation (before any job), run names, and the paths and specs every rule takes from the plan.
+# Config validation (before any job), run names, and the paths, specs and helpers every rule takes from the plan.
 # Nothing here reads the results folder or writes a file: the plan is computed from the config alone.
 
 import sys
@@ -7,7 +7,13 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 import moe_adapters.reporting
-from moe_adapters.config import ConfigError, deep_merge, read_yaml, run_config_yaml
+from moe_adapters.config import (
+    ConfigError,
+    deep_merge,
+    format_deviations,
+    read_yaml,
+    run_config_yaml,
+)
 from moe_adapters.fsutil import write_text
 from moe_adapters.workflow.plan import Plan
 
@@ -36,20 +42,26 @@ DATA = CFG.data_root.rstrip("/")
 BENCH = CFG.benchmark
 DEFAULT_RUN = PLAN.default_run
 GPU = 0 if CFG.device == "cpu" else 1  # a CPU run holds no gpu resource
-# What changes no number (loader workers, resume cadence, the exact speed-ups) goes on the command line, not in
-# params: switching it reruns nothing.
-RUNTIME = PLAN.runtime(DEFAULT_RUN)
-RUNTIME_EVAL = PLAN.runtime(DEFAULT_RUN, evaluation=True)
-# The CLI of the Python running Snakemake, so jobs use the same environment whatever PATH says.
-MOE = f"{sys.executable} -m moe_adapters.cli"
+ENV = f"{workflow.basedir}/environment.yml"
+SRC = Path(moe_adapters.reporting.__file__).resolve().parents[1]
+# What changes no number (loader workers, resume cadence, the exact speed-ups) travels as resources, which are
+# no rerun trigger: switching it reruns nothing. The specs, which are, travel as params.
+_rt, _rt_eval = (PLAN.run(DEFAULT_RUN).train, PLAN.run(DEFAULT_RUN).eval)
+RUNTIME = dict(
+    workers=_rt.num_workers,
+    checkpoint_every=_rt.checkpoint_every,
+    batched_experts=int(CFG.speed.batched_experts),
+    truncate_text=int(CFG.speed.truncate_text),
+)
+RUNTIME_EVAL = {**RUNTIME, "workers": _rt_eval.num_workers}
+# Jobs run the CLI of the Python running Snakemake, whatever PATH says; OpenMP threads wait passively, since
+# jobs share the cores (spinning waits made small ops hundreds of times slower there; results are the same).
+shell.prefix(
+    f'export PATH="{Path(sys.executable).parent}:$PATH" OMP_WAIT_POLICY="${{{{OMP_WAIT_POLICY:-PASSIVE}}}}"; '
+)
 
 
-wildcard_constraints:
-    run=r"[a-z]+_order[0-9]+(_[0-9]+shot)?(-[A-Za-z0-9][A-Za-z0-9_.]*)?",
-    setting=r"[a-z]+(_order[0-9]+(_[0-9]+shot)?)?",
-    axis=r"[a-z_]+",
-    k=r"[0-9]+",
-    dataset=r"[A-Za-z0-9_-]+",
+# ------------------------------------------------------------------ plan access
 
 
 def planned(f):
@@ -77,6 +89,10 @@ def data_meta(name):
     return expand(rules.prepare.output.meta, dataset=name)[0]
 
 
+def folder(path):
+    return str(Path(path).parent)
+
+
 def owned(rule_output, kind, run, index=None, **wildcards):
     """The path of a step of `run` in the folder of the run that owns it (the baseline's when shared)."""
     return expand(rule_output, run=PLAN.owner(kind, run, index), **wildcards)[0]
@@ -88,8 +104,131 @@ def only_own(kind, index_of):
     def check(w):
         owner = PLAN.owner(kind, w.run, index_of(w))
         if owner != w.run:
-            raise WorkflowError(f"{kind} {index_of(w)} of {w.run} is shared with {owner}: use {owner}'s output")
+            raise WorkflowError(
+                f"{kind} {index_of(w)} of {w.run} is shared with {owner}: use {owner}'s output"
+            )
         PLAN.check_shared_paths(w.run)
         return []
 
     return planned(check)
+
+
+# ------------------------------------------------------------------ inputs of the compute rules
+
+
+def autoencoder_dataset(w):
+    return PLAN.spec("autoencoder", w.run, int(w.k)).dataset
+
+
+def task_dataset(w):
+    return PLAN.spec("task", w.run, int(w.k)).dataset
+
+
+def backbone_identity(w):
+    return owned(rules.backbone.output.identity, "backbone", w.run)
+
+
+def previous_checkpoint(w):
+    k = int(w.k)
+    return [] if k == 0 else [owned(rules.train_task.output.checkpoint, "task", w.run, k - 1, k=k - 1)]
+
+
+def task_checkpoint(w):
+    return owned(rules.train_task.output.checkpoint, "task", w.run, int(w.k), k=w.k)
+
+
+def autoencoders(w):
+    n = len(datasets(w.run)) + 1
+    return [owned(rules.autoencoder.output.ae, "autoencoder", w.run, k, k=k) for k in range(n)]
+
+
+def features(w):
+    return [owned(rules.features.output.features, "features", w.run, d, dataset=d) for d in datasets(w.run)]
+
+
+def evaluations(w):
+    n = len(datasets(w.run))
+    return [owned(rules.evaluate.output.evaluation, "evaluate", w.run, k, k=k) for k in range(n)]
+
+
+def checkpoints(w):
+    n = len(datasets(w.run))
+    return [owned(rules.train_task.output.checkpoint, "task", w.run, k, k=k) for k in range(n)]
+
+
+def zero_shot(w):
+    return owned(rules.evaluate_zero_shot.output.evaluation, "evaluate", w.run, None)
+
+
+def prev_arg(w, input):
+    return f"--prev {input.prev[0]}" if input.prev else ""
+
+
+# ------------------------------------------------------------------ reporting
+
+
+def code(*modules):
+    """The package's own files a reporting step runs, as inputs; editing one reruns just the jobs that use it."""
+    return [str(SRC / f"{m}.py") for m in modules]
+
+
+def report_params(w):
+    return PLAN.params("report", w.run)
+
+
+def config_hash(w):
+    return PLAN.spec("report", w.run).config_hash
+
+
+def deviations_text(w):
+    return format_deviations(PLAN.spec("report", w.run).deviations)
+
+
+def write_run_config(out, log, run):
+    """`<run>/config.yaml`, written by Snakemake itself: a run's config is the plan's (variants, --config)."""
+    write_text(out, run_config_yaml(PLAN.run(run)))
+    write_text(log, f"wrote {out}\n")
+
+
+def pretrained_arg(w, input):
+    return f"--pretrained {input.pretrained}" if input.pretrained else ""
+
+
+def ledger_runs():
+    """report.ledger_runs, else the config's own run (and, for a variant, its baseline first)."""
+    if CFG.report.ledger_runs:
+        return list(CFG.report.ledger_runs)
+    return list(dict.fromkeys([PLAN.baseline(DEFAULT_RUN), DEFAULT_RUN]))
+
+
+def ledger_configs():
+    return [f"{run}: {PLAN.spec('report', run).config_hash}" for run in ledger_runs()]
+
+
+def setting_of(w):
+    """`mini` stands for the config's own setting (results/mini/mini_ablation.md)."""
+    return PLAN.baseline(DEFAULT_RUN) if w.setting == BENCH else w.setting
+
+
+def ablation_inputs(axis):
+    def inputs(w):
+        setting = setting_of(w)
+        runs = PLAN.ablation_variants(setting, axis(w) if axis else None)
+        return {
+            "baseline": expand(rules.table.output.metrics, run=setting)[0],
+            "variants": expand(rules.table.output.metrics, run=runs),
+        }
+
+    return planned(inputs)
+
+
+def run_results(run):
+    """What a finished run offers a reader: tables (CSV, Markdown, metrics.json), cost, its config, and figures."""
+    n = len(datasets(run))
+    return [
+        *expand(rules.table.output, run=run),
+        *expand(rules.costs.output.costs, run=run),
+        *expand(rules.run_config.output.config, run=run),
+        *expand(rules.figures.output, run=run),
+        *expand(rules.expert_figure.output.figure, run=run, k=range(n)),
+    ]

@@ -7,12 +7,18 @@ rule prepare:
         meta=f"{DATA}/{{dataset}}/meta.json",
     log:
         f"{R}/logs/prepare/{{dataset}}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        **RUNTIME_EVAL,
     params:
         spec=planned(lambda w: PLAN.params("prepare", DEFAULT_RUN, w.dataset)),
-    threads: 1
+        folder=lambda w, output: folder(output.meta),
+        root=lambda w, output: str(Path(output.meta).parents[1]),
     shell:
-        "{MOE} --threads {threads} prepare --spec {params.spec:q} --data-root {DATA} "
-        "--out {DATA}/{wildcards.dataset} {RUNTIME_EVAL} > {log} 2>&1"
+        "moe-adapters --threads {threads} prepare --spec {params.spec:q} --data-root {params.root} "
+        "--out {params.folder} --workers {resources.workers} > {log} 2>&1"
 
 
 if BENCH == "mini":
@@ -24,11 +30,14 @@ if BENCH == "mini":
             weights=CFG.model.pretrained,
         log:
             f"{R}/logs/pretrain.log",
-        params:
-            spec=planned(lambda w: PLAN.params("pretrain", DEFAULT_RUN)),
+        conda:
+            ENV
         threads: workflow.cores
         resources:
             gpu=GPU,
+        params:
+            spec=planned(lambda w: PLAN.params("pretrain", DEFAULT_RUN)),
+            pool=lambda w, input: folder(input.pool),
         shell:
-            "{MOE} --threads {threads} pretrain --spec {params.spec:q} --pool {DATA}/{CFG.ddas.generic_dataset} "
+            "moe-adapters --threads {threads} pretrain --spec {params.spec:q} --pool {params.pool} "
             "--out {output.weights} --no-progress > {log} 2>&1"

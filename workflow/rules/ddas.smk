@@ -2,10 +2,6 @@
 # on task k-1. Each starts from its own seeded initialisation, so they are independent jobs.
 
 
-def autoencoder_dataset(w):
-    return PLAN.spec("autoencoder", w.run, int(w.k)).dataset
-
-
 rule autoencoder:
     input:
         data=planned(lambda w: data_meta(autoencoder_dataset(w))),
@@ -14,12 +10,16 @@ rule autoencoder:
         ae=f"{R}/{{run}}/autoencoders/ae_{{k}}.safetensors",
     log:
         f"{R}/{{run}}/logs/autoencoder_{{k}}.log",
-    params:
-        spec=spec("autoencoder", lambda w: int(w.k)),
-        data=planned(lambda w: f"{DATA}/{autoencoder_dataset(w)}"),
+    conda:
+        ENV
     threads: 1
     resources:
+        **RUNTIME,
         gpu=GPU,
+    params:
+        spec=spec("autoencoder", lambda w: int(w.k)),
+        data=lambda w, input: folder(input.data),
     shell:
-        "{MOE} --threads {threads} train-autoencoder --spec {params.spec:q} --data {params.data} "
-        "--out {output.ae} {RUNTIME} --no-progress > {log} 2>&1"
+        "moe-adapters --threads {threads} train-autoencoder --spec {params.spec:q} --data {params.data} "
+        "--out {output.ae} --workers {resources.workers} --checkpoint-every {resources.checkpoint_every} "
+        "--no-progress > {log} 2>&1"

@@ -4,7 +4,7 @@
 
 rule figures:
     input:
-        code=code("steps", "figures"),
+        code=code("reporting/steps", "reporting/figures"),
         matrix=rules.matrix.output.matrix,
         routing=rules.matrix.output.routing,
         zero_shot=planned(zero_shot),
@@ -32,20 +32,22 @@ rule figures:
         ),
     log:
         f"{R}/{{run}}/logs/figures.log",
+    conda:
+        ENV
     params:
         spec=planned(report_params),
         config_hash=planned(config_hash),
         deviations=planned(deviations_text),
     shell:
-        "{MOE} figures --spec {params.spec:q} --matrix {input.matrix} --zero-shot {input.zero_shot} "
+        "moe-adapters figures --spec {params.spec:q} --matrix {input.matrix} --zero-shot {input.zero_shot} "
         "--routing {input.routing} --matrix-figure {output.matrix} --curves-figure {output.curves} "
         "--routing-figure {output.routing} > {log} 2>&1"
 
 
 rule expert_figure:
     input:
-        code=code("steps", "figures"),
-        checkpoint=planned(lambda w: owned(rules.train_task.output.checkpoint, "task", w.run, int(w.k), k=w.k)),
+        code=code("reporting/steps", "reporting/figures"),
+        checkpoint=planned(task_checkpoint),
     output:
         figure=report(
             f"{R}/{{run}}/figures/experts_task_{{k}}.png",
@@ -56,10 +58,12 @@ rule expert_figure:
         ),
     log:
         f"{R}/{{run}}/logs/expert_figure_{{k}}.log",
+    conda:
+        ENV
     params:
         spec=planned(report_params),
         config_hash=planned(config_hash),
         deviations=planned(deviations_text),
     shell:
-        "{MOE} expert-figure --spec {params.spec:q} --checkpoint {input.checkpoint} --out {output.figure} "
+        "moe-adapters expert-figure --spec {params.spec:q} --checkpoint {input.checkpoint} --out {output.figure} "
         "> {log} 2>&1"

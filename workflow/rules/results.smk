@@ -3,42 +3,6 @@
 # Reporting rules take their own modules as inputs, so a change to them reruns them, and only them.
 
 
-def code(*modules):
-    """The package's own files a reporting rule runs, as inputs: editing one reruns just the rules that use it."""
-    return [str(SRC / f"{m}.py") for m in modules]
-
-
-SRC = Path(moe_adapters.reporting.__file__).resolve().parent
-
-
-def report_params(w):
-    return PLAN.params("report", w.run)
-
-
-def config_hash(w):
-    return PLAN.spec("report", w.run).config_hash
-
-
-def deviations_text(w):
-    from moe_adapters.config import format_deviations
-
-    return format_deviations(PLAN.spec("report", w.run).deviations)
-
-
-def evaluations(w):
-    n = len(datasets(w.run))
-    return [owned(rules.evaluate.output.evaluation, "evaluate", w.run, k, k=k) for k in range(n)]
-
-
-def checkpoints(w):
-    n = len(datasets(w.run))
-    return [owned(rules.train_task.output.checkpoint, "task", w.run, k, k=k) for k in range(n)]
-
-
-def zero_shot(w):
-    return owned(rules.evaluate_zero_shot.output.evaluation, "evaluate", w.run, None)
-
-
 rule run_config:
     output:
         config=report(
@@ -55,14 +19,12 @@ rule run_config:
         config_hash=planned(config_hash),
         deviations=planned(deviations_text),
     run:
-        # written by Snakemake itself: the run's config is the plan's (variants and --config included)
-        write_text(output.config, run_config_yaml(PLAN.run(wildcards.run)))
-        write_text(log[0], f"wrote {output.config}\n")
+        write_run_config(output.config, log[0], wildcards.run)
 
 
 rule matrix:
     input:
-        code=code("steps"),
+        code=code("reporting/steps", "metrics"),
         evaluations=planned(evaluations),
     output:
         matrix=report(
@@ -81,19 +43,21 @@ rule matrix:
         ),
     log:
         f"{R}/{{run}}/logs/matrix.log",
+    conda:
+        ENV
     params:
         spec=planned(report_params),
         config_hash=planned(config_hash),
         deviations=planned(deviations_text),
     shell:
-        "{MOE} matrix --spec {params.spec:q} --evals {input.evaluations} --out {output.matrix} "
+        "moe-adapters matrix --spec {params.spec:q} --evals {input.evaluations} --out {output.matrix} "
         "--routing {output.routing} > {log} 2>&1"
 
 
 rule costs:
     input:
-        code=code("steps", "costs"),
-        backbone=planned(lambda w: owned(rules.backbone.output.identity, "backbone", w.run)),
+        code=code("reporting/steps", "reporting/costs"),
+        backbone=planned(backbone_identity),
         pretrained=[rules.pretrain.output.weights] if BENCH == "mini" else [],
         checkpoints=planned(checkpoints),
         autoencoders=planned(autoencoders),
@@ -110,20 +74,22 @@ rule costs:
         ),
     log:
         f"{R}/{{run}}/logs/costs.log",
+    conda:
+        ENV
     params:
-        pretrained=lambda w, input: f"--pretrained {input.pretrained}" if input.pretrained else "",
+        pretrained=pretrained_arg,
         spec=planned(report_params),
         config_hash=planned(config_hash),
         deviations=planned(deviations_text),
     shell:
-        "{MOE} costs --backbone {input.backbone} {params.pretrained} --checkpoints {input.checkpoints} "
+        "moe-adapters costs --backbone {input.backbone} {params.pretrained} --checkpoints {input.checkpoints} "
         "--autoencoders {input.autoencoders} --features {input.features} "
         "--evaluations {input.evaluations} {input.zero_shot} --out {output.costs} > {log} 2>&1"
 
 
 rule table:
     input:
-        code=code("steps", "tables", "costs"),
+        code=code("reporting/steps", "reporting/tables", "reporting/costs", "metrics"),
         matrix=rules.matrix.output.matrix,
         zero_shot=planned(zero_shot),
         costs=rules.costs.output.costs,
@@ -151,23 +117,21 @@ rule table:
         ),
     log:
         f"{R}/{{run}}/logs/table.log",
+    conda:
+        ENV
     params:
         spec=planned(report_params),
         config_hash=planned(config_hash),
         deviations=planned(deviations_text),
     shell:
-        "{MOE} table --spec {params.spec:q} --matrix {input.matrix} --zero-shot {input.zero_shot} "
+        "moe-adapters table --spec {params.spec:q} --matrix {input.matrix} --zero-shot {input.zero_shot} "
         "--costs {input.costs} --out {output.table} --markdown {output.markdown} --metrics-json {output.metrics} "
         "> {log} 2>&1"
 
 
-def ledger_runs():
-    return list(CFG.report.ledger_runs) or [DEFAULT_RUN]
-
-
 rule ledger:
     input:
-        code=code("steps", "tables"),
+        code=code("reporting/steps", "reporting/tables"),
         metrics=expand(rules.table.output.metrics, run=ledger_runs()),
     output:
         ledger=report(
@@ -185,35 +149,20 @@ rule ledger:
         headline=f"{R}/ledger.rst",
     log:
         f"{R}/logs/ledger.log",
+    conda:
+        ENV
     params:
         runs=ledger_runs(),
-        configs=[f"{run}: {PLAN.spec('report', run).config_hash}" for run in ledger_runs()],
+        configs=ledger_configs(),
     shell:
-        "{MOE} ledger --metrics {input.metrics} --out {output.ledger} --csv {output.csv} --rst {output.headline} "
+        "moe-adapters ledger --metrics {input.metrics} --out {output.ledger} --csv {output.csv} --rst {output.headline} "
         "> {log} 2>&1"
-
-
-def setting_of(w):
-    """`mini` stands for the config's own setting (results/mini/mini_ablation.md)."""
-    return PLAN.baseline(DEFAULT_RUN) if w.setting == BENCH else w.setting
-
-
-def ablation_inputs(axis):
-    def inputs(w):
-        setting = setting_of(w)
-        runs = PLAN.ablation_variants(setting, axis(w) if axis else None)
-        return {
-            "baseline": expand(rules.table.output.metrics, run=setting)[0],
-            "variants": expand(rules.table.output.metrics, run=runs),
-        }
-
-    return planned(inputs)
 
 
 rule ablation:
     input:
         unpack(ablation_inputs(None)),
-        code=code("steps", "tables"),
+        code=code("reporting/steps", "reporting/tables"),
     output:
         csv=f"{R}/{{setting}}_ablation.csv",
         markdown=report(
@@ -224,17 +173,19 @@ rule ablation:
         ),
     log:
         f"{R}/logs/ablation_{{setting}}.log",
+    conda:
+        ENV
     params:
         title=lambda w: f"Variants of {setting_of(w)}",
     shell:
-        "{MOE} ablation --baseline {input.baseline} --variants {input.variants} --out {output.csv} "
+        "moe-adapters ablation --baseline {input.baseline} --variants {input.variants} --out {output.csv} "
         "--markdown {output.markdown} --title {params.title:q} > {log} 2>&1"
 
 
 rule ablation_axis:
     input:
         unpack(ablation_inputs(lambda w: w.axis)),
-        code=code("steps", "tables"),
+        code=code("reporting/steps", "reporting/tables"),
     output:
         csv=f"{R}/{{setting}}_ablation_{{axis}}.csv",
         markdown=report(
@@ -245,9 +196,11 @@ rule ablation_axis:
         ),
     log:
         f"{R}/logs/ablation_{{setting}}_{{axis}}.log",
+    conda:
+        ENV
     params:
         title=lambda w: f"Ablation of {setting_of(w)}: {w.axis}",
         summary=lambda w: "--summary" if w.axis == "seeds" else "",
     shell:
-        "{MOE} ablation --baseline {input.baseline} --variants {input.variants} --out {output.csv} "
+        "moe-adapters ablation --baseline {input.baseline} --variants {input.variants} --out {output.csv} "
         "--markdown {output.markdown} --title {params.title:q} {params.summary} > {log} 2>&1"
