@@ -23,7 +23,8 @@ include: "workflow/rules/common.smk"
 
 
 wildcard_constraints:
-    run=r"[a-z]+_order[0-9]+(_[0-9]+shot)?(-[A-Za-z0-9][A-Za-z0-9_.]*)?",
+    run=f"{MTIL_RUN}|{CIL_RUN}",
+    cil_dataset=r"[a-z0-9]+",
     setting=r"[a-z]+(_order[0-9]+(_[0-9]+shot)?)?",
     axis=r"[a-z_]+",
     k=r"[0-9]+",
@@ -37,10 +38,11 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/results.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/cil.smk"
 
 
 rule all:
     default_target: True
     input:
-        run_results(DEFAULT_RUN),
+        [run_results(run) for run in (DEFAULT_RUN, *PLAN.extra_runs())],
         rules.ledger.output,

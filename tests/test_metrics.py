@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from moe_adapters.cli import main
-from moe_adapters.metrics import cil_metrics, mtil_metrics, read_matrix_csv, round1
+from moe_adapters.metrics import (
+    cil_csv_text,
+    cil_metrics,
+    cil_run_metrics,
+    mtil_metrics,
+    read_matrix_csv,
+    round1,
+)
 from moe_adapters.protocol import load_protocol, paper_numbers
 
 
@@ -82,3 +89,56 @@ def test_cil_avg_and_last():
     assert m == {"avg": 80.0, "last": 70.0, "steps": 3}
     with pytest.raises(ValueError):
         cil_metrics([])
+
+
+# The reference's own committed log of CIFAR100 in 10 steps (cil/experiments/class/cifar100_10-10-MoE-Adapters/
+# metrics.json): accuracy on all seen classes, and accuracy per step's classes, after each step; then continuum's
+# average incremental accuracy, forgetting and backward transfer, as it logged them.
+REF_ACC = [98.4, 94.7, 89.27, 85.38, 83.56, 83.25, 81.39, 79.74, 78.86, 77.52]
+REF_PER_TASK = [
+    [98.4], [96.2, 93.2], [90.4, 90.8, 86.6], [85.2, 88.5, 78.6, 89.2], [82.4, 88.0, 72.2, 83.3, 91.9],
+    [80.2, 84.6, 71.2, 82.9, 89.0, 91.6], [81.1, 83.0, 68.5, 79.5, 89.7, 89.2, 78.7],
+    [79.0, 79.9, 66.5, 76.5, 84.6, 88.2, 77.2, 86.0], [80.8, 79.1, 61.9, 76.5, 82.7, 86.1, 71.3, 83.7, 87.6],
+    [80.7, 77.3, 54.9, 79.1, 81.0, 87.3, 67.4, 81.8, 85.8, 79.9],
+]
+REF_AVG = [98.4, 96.55, 94.12, 91.94, 90.26, 89.09, 87.99, 86.96, 86.06, 85.21]
+REF_FORGETTING = [0.0, 0.0, 4.0, 5.966667, 8.9, 9.7, 9.583333, 10.885714, 11.4, 11.788889]
+REF_BWT = [0.0, 0.0, -2.67, -4.32, -6.15, -7.33, -7.98, -8.7, -9.3, -9.8]
+
+
+def ref_matrix():
+    R = np.full((10, 10), np.nan)
+    for i, row in enumerate(REF_PER_TASK):
+        R[i, : len(row)] = row
+    return R
+
+
+def test_cil_metrics_are_continuums_on_the_references_own_log():
+    m = cil_run_metrics(REF_ACC, ref_matrix())
+    assert [s["avg"] for s in m["per_step"]] == REF_AVG
+    assert [s["forgetting"] for s in m["per_step"]] == [round(f, 2) for f in REF_FORGETTING]
+    assert [s["bwt"] for s in m["per_step"]] == REF_BWT
+    assert (m["avg"], m["last"]) == (85.21, 77.52)  # paper_numbers.yaml cil.cifar100_10_steps
+    assert (m["avg"], m["last"]) == tuple(paper_numbers()["cil"]["cifar100_10_steps"][k] for k in ("avg", "last"))
+
+
+def test_cil_metrics_on_a_small_matrix_by_hand():
+    R = np.array([[90.0, np.nan, np.nan], [60.0, 80.0, np.nan], [50.0, 70.0, 100.0]])
+    m = cil_run_metrics([90.0, 70.0, 80.0], R)
+    # forgetting after 3 steps: (max(R[0..0][0]) - R[2][0]) / 2 = (90 - 50) / 2; BWT: (R[2][0] - R[0][0]) / 3
+    assert m["per_step"][2] == {"step": 2, "accuracy": 80.0, "avg": 80.0, "forgetting": 20.0, "bwt": round(-40 / 3, 2)}
+    assert m["per_step"][1]["forgetting"] == 0.0 and m["per_step"][1]["bwt"] == 0.0  # continuum skips step k-2
+
+
+def test_cil_metrics_cli_reads_the_accuracy_csv(tmp_path, capsys):
+    path = tmp_path / "ACC.csv"
+    path.write_text(cil_csv_text(REF_ACC, ref_matrix()))
+    assert main(["metrics", str(path), "--cil", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"avg", "last", "forgetting", "bwt", "per_step"}
+    assert (out["avg"], out["last"], out["bwt"]) == (85.21, 77.52, -9.8)
+    assert out["per_step"][3] == {"step": 3, "accuracy": 85.38, "avg": 91.94, "forgetting": 5.97, "bwt": -4.32}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("step,accuracy,task_0,task_1\n0,90,90,50\n1,80,70,80\n")  # a value above the diagonal
+    assert main(["metrics", str(bad), "--cil"]) == 2
+    assert "must be empty" in capsys.readouterr().err

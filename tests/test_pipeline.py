@@ -123,7 +123,7 @@ def test_task_checkpoint_records_frozen_set_cost_and_config(trained_run):
     from moe_adapters.config import digest
     from moe_adapters.steps.specs import from_json, to_json
 
-    spec = from_json("task", to_json(meta["step"]) if isinstance(meta["step"], dict) else meta["step"])
+    spec = from_json("task", to_json(meta["spec"]))
     assert meta["config_hash"] == digest(spec) and spec.task == 1 and spec.dataset == "Green" and meta["commit"]
 
 

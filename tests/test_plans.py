@@ -107,7 +107,7 @@ def test_a_threshold_variant_plans_its_evaluations_only_and_leaves_the_baseline_
     assert tree_digest(finished, baseline) == before
     assert not (r / variant / "checkpoints").exists()  # the variant trained nothing: it reads the baseline's
     table = (r / f"{variant}_table.csv").read_text()
-    assert "ddas.threshold=0.03 (reference: 0.0655)" in table
+    assert "ddas.threshold=0.01 (reference: 0.0655)" in table
 
 
 def test_an_ad_hoc_variant_is_a_run_of_its_own(finished):

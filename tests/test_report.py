@@ -18,8 +18,11 @@ from .chromium import Chromium, find_chromium
 from .workflow_helpers import snakemake
 
 RUN = "mini_order1"
+CIL = "cil_mini_4steps"  # the mini's class-incremental run, part of its default target
 NAMES = ["Textures", "Faces"]
 FIGURES = ["accuracy_matrix", "accuracy_per_dataset", "routing", "experts_task_0", "experts_task_1"]
+CIL_FILES = [f"{CIL}_table.csv", f"{CIL}_table.md", f"{CIL}_metrics.json", f"{CIL}/accuracy.csv", f"{CIL}/costs.csv",
+             f"{CIL}/config.yaml", f"{CIL}/figures/accuracy_per_step.png"]
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +101,15 @@ def test_tables_match_the_matrix_they_came_from(run):
 def test_ledger_holds_our_means_with_config_and_commit(run):
     r, evaluation = run
     _, _, want = expected_rows(r)
-    rows = list(csv.DictReader((r / "ledger.csv").open()))
+    every = list(csv.DictReader((r / "ledger.csv").open()))
+    rows = [x for x in every if x["setting"] == RUN]
     assert [(x["method"], x["metric"]) for x in rows] == [
         (m, k) for m in ("MoE-Adapters", "Zero-shot CLIP") for k in ("Transfer", "Avg", "Last")
+    ]
+    cil = json.loads((r / f"{CIL}_metrics.json").read_text())
+    assert [(x["setting"], x["method"], x["metric"], float(x["ours"])) for x in every if x["setting"] == CIL] == [
+        (CIL, m, k, v[k.lower()]) for m, v in (("MoE-Adapters", cil), ("Zero-shot CLIP", cil["zero_shot"]))
+        for k in ("Avg", "Last")
     ]
     for x in rows:
         assert x["setting"] == RUN and x["ours"] == want[(f"{x['method']} (ours)", x["metric"])][-1]
@@ -170,12 +179,17 @@ def test_report_is_self_contained_with_every_result_and_its_config(report, run):
     want = {
         f"{RUN}_table.csv", f"{RUN}_table.md", f"{RUN}_metrics.json", f"{RUN}/matrix.csv", f"{RUN}_routing.csv",
         f"{RUN}/costs.csv", f"{RUN}/config.yaml", "REPRODUCIBILITY.md", "ledger.csv",
-        *[f"{RUN}/figures/{f}.png" for f in FIGURES],
+        *[f"{RUN}/figures/{f}.png" for f in FIGURES], *CIL_FILES,
     }
     assert set(results) == {f"results/mini/{p}" for p in want}
+    cil_hash = json.loads((r / f"{CIL}_metrics.json").read_text())["provenance"]["config_hash"]
     for path, res in results.items():
         assert res["data_uri"].startswith("data:"), path
-        assert evaluation["config_hash"] in res["caption"], f"{path}: caption does not name the config"
+        own = cil_hash if f"/{CIL}" in path else evaluation["config_hash"]
+        if "ledger" not in path and "REPRODUCIBILITY" not in path:
+            assert own in res["caption"], f"{path}: caption does not name its run's config"
+        else:
+            assert evaluation["config_hash"] in res["caption"] and cil_hash in res["caption"], path
     assert "MoE-Adapters, reproduced: mini_order1" in html
 
 
@@ -216,7 +230,7 @@ def test_report_opens_in_headless_chromium_with_no_failed_request(report, run, t
     assert re.search(rf"MoE-Adapters\s+Last\s+—\s+{metrics['last']:.1f}\s+—", first), first[:2000]
     for category in ("Accuracy tables", "Figures", "Cost", "Config", "Ledger"):
         assert category in first
-    assert sorted(p.rsplit("/", 1)[1] for p, *_ in shown) == sorted(f"{f}.png" for f in FIGURES)
+    assert sorted(p.rsplit("/", 1)[1] for p, *_ in shown) == sorted([*(f"{f}.png" for f in FIGURES), "accuracy_per_step.png"])
     for path, width, height in shown:
         with Image.open(r.parent.parent / path) as im:
             assert (width, height) == im.size, path  # decoded by the browser at the file's own size

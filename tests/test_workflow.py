@@ -23,7 +23,7 @@ def test_paper_dry_run_plans_the_whole_dag(tmp_path):
     assert counts["features"] == 11
     assert counts["prepare"] == 12  # 11 datasets and TinyImageNet, none present
     # every task checkpoint is evaluated on all 11 test sets of the order
-    evals = [c for c in r.stdout.splitlines() if "moe_adapters.cli" in c and " evaluate " in c and "--checkpoint " in c]
+    evals = [c for c in r.stdout.splitlines() if "moe-adapters" in c and " evaluate " in c and "--checkpoint " in c]
     assert len(evals) == 11
     assert {re.search(r"task_(\d+)\.safetensors", c).group(1) for c in evals} == {str(k) for k in range(11)}
     blocks = [b for b in r.stdout.split("\n\n") if re.search(r"rule evaluate:", b)]

@@ -66,6 +66,10 @@ def write_reduced_mini(repo: Path) -> Path:
     proto = yaml.safe_load((repo / "src/moe_adapters/protocol/mini.yaml").read_text())
     proto["orders"] = {"order1": ["Textures", "Faces"]}
     proto["datasets"] = {k: proto["datasets"][k] for k in ("Textures", "Faces")}
+    # the class-incremental mini on the same two datasets: 8 classes in 4 steps of 2, one pass each
+    proto["cil"].update(pool=["Textures", "Faces"], class_orders={"mini": [6, 0, 3, 7, 1, 4, 2, 5]})
+    proto["cil"]["settings"] = {"mini_2-2": {**next(iter(proto["cil"]["settings"].values())), "initial_increment": 2,
+                                             "increment": 2}}
     (repo / "config/mini-reduced-protocol.yaml").write_text(yaml.safe_dump(proto))
     path = repo / "config/mini.yaml"
     cfg = yaml.safe_load(path.read_text())
@@ -73,6 +77,8 @@ def write_reduced_mini(repo: Path) -> Path:
     cfg.setdefault("train", {}).update(iterations=6, checkpoint_every=0)
     cfg.setdefault("ddas", {}).update(iterations_generic=10, iterations=10)
     cfg.setdefault("mini", {}).update(pretrain_iterations=8)
+    cfg["extra_runs"] = ["cil_mini_4steps"]
+    cfg.setdefault("cil", {}).update(epochs=1)
     path.write_text(yaml.safe_dump(cfg))
     return path
 

@@ -131,8 +131,19 @@ def cmd_params(args) -> int:
 
 
 def cmd_metrics(args) -> int:
-    from .metrics import format_metrics, mtil_metrics, read_matrix_csv
+    from .metrics import cil_run_metrics, format_metrics, mtil_metrics, read_cil_csv, read_matrix_csv
     from .protocol import load_protocol, order_datasets
+
+    if args.cil:
+        acc, R = read_cil_csv(args.matrix)
+        m = cil_run_metrics(acc, R)
+        if args.json:
+            print(json.dumps(m))
+        else:
+            print(f"{'step':>4} {'accuracy':>8} {'avg':>6} {'forgetting':>10} {'bwt':>6}")
+            for r in m["per_step"]:
+                print(f"{r['step']:>4} {r['accuracy']:8.2f} {r['avg']:6.2f} {r['forgetting']:10.2f} {r['bwt']:6.2f}")
+        return 0
 
     names, acc = read_matrix_csv(args.matrix)
     if args.order:
@@ -211,6 +222,54 @@ def cmd_evaluate(args) -> int:
 
         for name, r in read_json(args.out)["results"].items():
             print(f"{name:<16} {r['accuracy']:6.2f}%  batches per route: {r['batch_routes']}")
+    return 0
+
+
+def cmd_prepare_cil(args) -> int:
+    from .steps.cil import cil_prepare_step
+
+    spec = _spec(args, "cil_prepare")
+    cil_prepare_step(spec, args.prepared, args.out, workers=_runtime(args, True).num_workers)
+    return 0
+
+
+def cmd_train_step(args) -> int:
+    from .steps.cil import cil_train_step
+
+    spec = _spec(args, "cil_step", args.step)
+    cil_train_step(spec, _runtime(args), args.view, args.out, args.prev, not args.no_progress)
+    return 0
+
+
+def cmd_evaluate_step(args) -> int:
+    from .steps.cil import cil_evaluate_step
+
+    spec = _spec(args, "cil_evaluate", args.step)
+    cil_evaluate_step(spec, _runtime(args, True), args.view, args.out, args.checkpoint)
+    return 0
+
+
+def cmd_cil_matrix(args) -> int:
+    from .reporting.steps import cil_matrix_step
+
+    cil_matrix_step(_spec(args, "report"), args.evals, args.out)
+    return 0
+
+
+def cmd_cil_table(args) -> int:
+    from .reporting.steps import cil_table_step
+    from .reporting.tables import format_table
+
+    cil_table_step(_spec(args, "report"), args.accuracy, args.zero_shot, args.out, args.markdown, args.costs, args.metrics_json)
+    if args.print:
+        print(format_table(args.out))
+    return 0
+
+
+def cmd_cil_figure(args) -> int:
+    from .reporting.steps import cil_figure_step
+
+    cil_figure_step(_spec(args, "report"), args.accuracy, args.zero_shot, args.out)
     return 0
 
 
@@ -379,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("matrix")
     sp.add_argument("--order", help="check the header against this order of the protocol (order1, order2)")
     sp.add_argument("--benchmark", default="mtil", choices=["mtil", "mini"])
+    sp.add_argument("--cil", action="store_true", help="a class-incremental ACC.csv: step,accuracy,task_0,...")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_metrics)
 
@@ -444,6 +504,56 @@ def build_parser() -> argparse.ArgumentParser:
         help="paper datasets: download what torchvision can fetch (needs network; HF_HUB_OFFLINE must not be 1)",
     )
     sp.set_defaults(func=cmd_prepare)
+
+    sp = sub.add_parser("prepare-cil", help="the class-incremental view of a dataset (names, label order, raw images)")
+    with_config(sp)
+    with_runtime(sp)
+    sp.add_argument("--prepared", nargs="+", required=True, help="prepared folder(s): CIFAR100/TinyImageNet, or the mini's pool")
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=cmd_prepare_cil)
+
+    sp = sub.add_parser("train-step", help="train one class-incremental step from the previous step's checkpoint")
+    with_config(sp)
+    with_runtime(sp)
+    sp.add_argument("--step", type=int, help="the step (0-based); with --spec, the spec's")
+    sp.add_argument("--view", required=True, help="the class-incremental view's folder (prepare-cil)")
+    sp.add_argument("--prev", help="checkpoint of the previous step (none for step 0)")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--no-progress", action="store_true")
+    sp.set_defaults(func=cmd_train_step)
+
+    sp = sub.add_parser("evaluate-step", help="evaluate a class-incremental step on every class seen (or zero-shot CLIP)")
+    with_config(sp)
+    with_runtime(sp)
+    sp.add_argument("--step", type=int, help="the checkpoint's step (omit for zero-shot CLIP after every step)")
+    sp.add_argument("--checkpoint", help="the step's checkpoint; omit for zero-shot CLIP")
+    sp.add_argument("--view", required=True)
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=cmd_evaluate_step)
+
+    sp = sub.add_parser("cil-matrix", help="ACC.csv of a class-incremental run from its evaluations")
+    with_config(sp)
+    sp.add_argument("--evals", nargs="+", required=True, help="evaluation JSONs of steps 0..T-1 in order")
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=cmd_cil_matrix)
+
+    sp = sub.add_parser("cil-table", help="a class-incremental run's Avg / Last beside zero-shot CLIP and the paper")
+    with_config(sp)
+    sp.add_argument("--accuracy", required=True, help="the run's ACC.csv")
+    sp.add_argument("--zero-shot", required=True, help="zero-shot CLIP's evaluation JSON (every step)")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--markdown")
+    sp.add_argument("--costs")
+    sp.add_argument("--metrics-json")
+    sp.add_argument("--print", action="store_true")
+    sp.set_defaults(func=cmd_cil_table)
+
+    sp = sub.add_parser("cil-figure", help="accuracy on all seen classes after every step, ours beside zero-shot CLIP")
+    with_config(sp)
+    sp.add_argument("--accuracy", required=True)
+    sp.add_argument("--zero-shot", required=True)
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=cmd_cil_figure)
 
     sp = sub.add_parser("pretrain", help="mini benchmark: pretrain the tiny CLIP on the captioned pool")
     with_config(sp)

@@ -44,7 +44,14 @@ NON_SEMANTIC = frozenset(
     }
 )
 # Keys that name a run rather than configure it (the run's name carries them) or only shape reports.
-SELECTORS = frozenset({"benchmark", "order", "shots", "variant", "variants"})
+SELECTORS = frozenset(
+    {"benchmark", "order", "shots", "variant", "variants", "setting_kind", "cil.dataset", "cil.steps", "extra_runs"}
+)
+# What a class-incremental run reads of the config: the backbone and the adapter's shape, the seed, the cil
+# section; what an MTIL run reads: everything but the cil section.
+CIL_READS = ("protocol", "device", "model.name", "model.quick_gelu", "model.pretrained", "model.bottleneck",
+             "model.expert_dropout", "model.expert_scale", "model.noise_epsilon", "train.seed", "cil.", "speed.",
+             "report.", "mini.")
 # Named thresholds of the reference's scripts (SPEC 4-5): the released test script's and the few-shot train script's.
 NAMED_THRESHOLDS = {"test_script": {0: 0.0655, 5: 0.06}, "train_script": {0: 0.0655, 5: 0.0585}}
 
@@ -57,6 +64,7 @@ VARIANT_NAME = r"[A-Za-z0-9][A-Za-z0-9_.]*"
 RUN_NAME = re.compile(
     rf"(?P<benchmark>[a-z]+)_(?P<order>order[0-9]+)(?:_(?P<shots>[0-9]+)shot)?(?:-(?P<variant>{VARIANT_NAME}))?"
 )
+CIL_RUN_NAME = re.compile(rf"cil_(?P<dataset>[a-z0-9]+)_(?P<steps>[0-9]+)steps(?:-(?P<variant>{VARIANT_NAME}))?")
 
 
 def parse_run_name(name: str) -> tuple[str, str, int, str | None]:
@@ -65,6 +73,12 @@ def parse_run_name(name: str) -> tuple[str, str, int, str | None]:
     if not m:
         raise ConfigError(f"{name!r} is not a run name <benchmark>_<order>[_<k>shot][-<variant>]")
     return m["benchmark"], m["order"], int(m["shots"] or 0), m["variant"]
+
+
+def parse_cil_run_name(name: str) -> tuple[str, int, str | None] | None:
+    """(dataset, steps, variant) of a class-incremental run name such as cil_cifar100_10steps; None otherwise."""
+    m = CIL_RUN_NAME.fullmatch(name)
+    return (m["dataset"], int(m["steps"]), m["variant"]) if m else None
 
 
 # ---------------------------------------------------------------- typed sections
@@ -150,6 +164,41 @@ class MiniConfig:
 
 
 @dataclass(frozen=True)
+class CILConfig:
+    """The class-incremental setting of a run (SPEC 8), resolved from the protocol setting it names."""
+
+    dataset: str
+    steps: int
+    protocol_setting: str
+    initial_increment: int
+    increment: int
+    class_order: tuple[int, ...]
+    prompt_template: str
+    num_experts: int
+    top_k: int
+    epochs: int
+    lr: float
+    batch_size: int
+    weight_decay: float
+    label_smoothing: float
+    warmup: int
+    eval_batch_size: int
+    eval_noise: bool
+    eval_transform: str
+
+    @property
+    def num_steps(self) -> int:
+        """Every step, the base step included (TinyImageNet 100 + 5 steps: 6)."""
+        return 1 + (len(self.class_order) - self.initial_increment) // self.increment
+
+    def step_classes(self, step: int) -> list[int]:
+        """The (remapped) labels learnt at `step`: a contiguous block of the class order's positions."""
+        lo = 0 if step == 0 else self.initial_increment + (step - 1) * self.increment
+        hi = self.initial_increment + step * self.increment
+        return list(range(lo, min(hi, len(self.class_order))))
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     figure_dpi: int
     expert_color_scale: str
@@ -162,6 +211,7 @@ class RunConfig:
 
     benchmark: str
     protocol: str
+    setting_kind: str
     order: str
     shots: int
     variant: str | None
@@ -176,10 +226,13 @@ class RunConfig:
     mini: MiniConfig
     report: ReportConfig
     variants: Mapping[str, Any]
+    cil: CILConfig | None
 
     @property
     def datasets(self) -> list[str]:
-        """The order's datasets, in training order."""
+        """The order's datasets, in training order (a class-incremental run: its one dataset)."""
+        if self.cil is not None:
+            return [self.cil.dataset]
         return order_datasets(self.protocol_data, self.order)
 
     @property
@@ -188,7 +241,9 @@ class RunConfig:
 
     @property
     def setting(self) -> str:
-        """The published setting this run belongs to: mtil_order1, mtil_order1_5shot, mini_order2 ..."""
+        """The published setting this run belongs to: mtil_order1, mtil_order1_5shot, mini_order2, cil_cifar100_10steps"""
+        if self.cil is not None:
+            return f"cil_{self.cil.dataset}_{self.cil.steps}steps"
         return f"{self.benchmark}_{self.order}" + (f"_{self.shots}shot" if self.shots else "")
 
     @property
@@ -418,9 +473,14 @@ def _resolve(cfg: dict) -> RunConfig:
     for key, sub in cfg["variants"].items():
         if not isinstance(sub, Mapping):
             raise ConfigError(f"config key 'variants.{key}': a variant is a mapping of config overrides")
+    cil = _resolve_cil(cfg) if cfg["setting"] == "cil" else None
+    for r in cfg["extra_runs"]:
+        if not (RUN_NAME.fullmatch(r) or CIL_RUN_NAME.fullmatch(r)):
+            raise ConfigError(f"config key 'extra_runs': {r!r} is not a run name (<benchmark>_<order>..., cil_<dataset>_<N>steps)")
     return RunConfig(
         benchmark=cfg["benchmark"],
         protocol=name,
+        setting_kind=cfg["setting"],
         order=cfg["order"],
         shots=shots,
         variant=cfg["variant"],
@@ -444,6 +504,71 @@ def _resolve(cfg: dict) -> RunConfig:
         mini=MiniConfig(**cfg["mini"]),
         report=ReportConfig(**{**cfg["report"], "ledger_runs": tuple(cfg["report"]["ledger_runs"])}),
         variants=copy.deepcopy(cfg["variants"]),
+        cil=cil,
+    )
+
+
+def cil_protocol(benchmark: str, protocol: str | None = None) -> dict:
+    """The class-incremental protocol: the packaged cil.yaml (the paper), or the mini protocol's cil section."""
+    if benchmark == "mini":
+        proto = load_protocol("mini", None if protocol in (None, "mini") else protocol)
+        if "cil" not in proto:
+            raise ConfigError(f"config key 'protocol': {protocol or 'mini'} has no class-incremental (cil) section")
+        return proto["cil"]
+    from .protocol import _packaged, _read
+
+    return _read(str(_packaged("cil.yaml")))
+
+
+def cil_steps_of(setting: Mapping, num_classes: int) -> int:
+    """A setting's step count as runs name it: the steps after the base step where the base is larger
+    (TinyImageNet 100 + 5), else every step (CIFAR100 in 10)."""
+    initial, increment = setting["initial_increment"], setting["increment"]
+    return (num_classes - initial) // increment + (1 if initial == increment else 0)
+
+
+def _resolve_cil(cfg: dict) -> CILConfig:
+    c = cfg["cil"]
+    proto = cil_protocol(cfg["benchmark"], cfg["protocol"])
+    order = proto["class_orders"].get(c["dataset"])
+    if order is None:
+        raise ConfigError(
+            f"config key 'cil.dataset': {c['dataset']!r} has no class order in the {cfg['benchmark']} class-incremental "
+            f"protocol (known: {', '.join(proto['class_orders'])})"
+        )
+    found = [
+        (key, s) for key, s in proto["settings"].items()
+        if s["dataset"] == c["dataset"] and cil_steps_of(s, len(order)) == c["steps"]
+    ]
+    if not found:
+        known = sorted(cil_steps_of(s, len(order)) for s in proto["settings"].values() if s["dataset"] == c["dataset"])
+        raise ConfigError(f"config key 'cil.steps': {c['steps']} is not a {c['dataset']} setting (known: {known})")
+    key, s = found[0]
+    if c["top_k"] > c["num_experts"]:
+        raise ConfigError(f"config key 'cil.top_k': {c['top_k']} exceeds cil.num_experts={c['num_experts']}")
+
+    def pick(name, proto_key):
+        return c[name] if c[name] is not None else s[proto_key]
+
+    return CILConfig(
+        dataset=c["dataset"],
+        steps=c["steps"],
+        protocol_setting=key,
+        initial_increment=s["initial_increment"],
+        increment=s["increment"],
+        class_order=tuple(order),
+        prompt_template=s["prompt_template"],
+        num_experts=c["num_experts"],
+        top_k=c["top_k"],
+        epochs=int(pick("epochs", "epochs_per_step")),
+        lr=float(pick("lr", "lr")),
+        batch_size=int(pick("batch_size", "batch_size")),
+        weight_decay=float(pick("weight_decay", "weight_decay")),
+        label_smoothing=float(pick("label_smoothing", "ls")),
+        warmup=int(pick("warmup", "warmup_steps")),
+        eval_batch_size=c["eval_batch_size"],
+        eval_noise=c["eval_noise"],
+        eval_transform=c["eval_transform"],
     )
 
 
@@ -491,8 +616,12 @@ def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
 
 
 def semantic(rc: RunConfig) -> dict[str, Any]:
-    """The run's settings that can change a number: everything but locations, workers, resume cadence, exact speed-ups."""
-    return {k: v for k, v in flatten(rc.to_dict()).items() if k not in NON_SEMANTIC and k.split(".")[0] != "variants"}
+    """The run's settings that can change a number: everything it reads but locations, workers, resume cadence and
+    exact speed-ups (a class-incremental run reads the cil section, an MTIL run everything else)."""
+    flat = {k: v for k, v in flatten(rc.to_dict()).items() if k not in NON_SEMANTIC and k.split(".")[0] != "variants"}
+    if rc.cil is not None:
+        return {k: v for k, v in flat.items() if k in SELECTORS or k.startswith(CIL_READS)}
+    return {k: v for k, v in flat.items() if k != "cil"}
 
 
 def config_hash(rc: RunConfig) -> str:
@@ -501,8 +630,17 @@ def config_hash(rc: RunConfig) -> str:
 
 
 def reference_config(rc: RunConfig) -> RunConfig:
-    """The reference's settings for the same benchmark, order and shots: what deviations are measured against."""
-    return resolve({"benchmark": rc.benchmark, "order": rc.order, "shots": rc.shots})
+    """The reference's settings for the same setting (benchmark, order and shots; or the class-incremental dataset
+    and steps): what deviations are measured against. A protocol file of one's own is a deviation of its own; the
+    reference's settings are still read with it where they fit it."""
+    select = {"order": rc.order, "shots": rc.shots}
+    if rc.cil is not None:
+        select = {"setting": "cil", "cil": {"dataset": rc.cil.dataset, "steps": rc.cil.steps}}
+    try:
+        return resolve({"benchmark": rc.benchmark, "protocol": rc.protocol, **select})
+    except ConfigError:
+        return resolve({"benchmark": rc.benchmark, "protocol": rc.protocol, **select,
+                        "ddas": {"generic_dataset": rc.ddas.generic_dataset}})
 
 
 def deviations(rc: RunConfig) -> dict[str, dict[str, Any]]:
@@ -514,8 +652,10 @@ def deviations(rc: RunConfig) -> dict[str, dict[str, Any]]:
     ref = reference_config(rc)
     mine, theirs = semantic(rc), semantic(ref)
     out = {}
+    if rc.protocol != rc.benchmark:
+        out["protocol"] = {"value": rc.protocol, "reference": rc.benchmark}
     for key in sorted(set(mine) | set(theirs)):
-        if key.split(".")[0] in SELECTORS or key.startswith("report.") or key == "device":
+        if key.split(".")[0] in SELECTORS or key in SELECTORS or key.startswith("report.") or key in ("device", "protocol"):
             continue
         if mine.get(key) != theirs.get(key):
             out[key] = {"value": mine.get(key), "reference": theirs.get(key)}
@@ -568,6 +708,7 @@ def run_config_yaml(rc: RunConfig) -> str:
     head = [
         f"# validated run config of {rc.run_name}, hash {config_hash(rc)} (every default filled in)",
         f"# deviations: {format_deviations(deviations(rc))}",
-        "# nulls left: model.pretrained null = random backbone weights; variant null = the baseline run",
+        "# nulls left: model.pretrained null = random backbone weights; variant null = the baseline run; "
+        "cil null = an MTIL run",
     ]
     return "\n".join(head) + "\n" + yaml.safe_dump(rc.to_dict(), sort_keys=False)

@@ -74,6 +74,101 @@ def cil_metrics(step_accuracies: Sequence[float]) -> dict:
     return {"avg": round(float(a.mean()), 2), "last": round(float(a[-1]), 2), "steps": int(a.size)}
 
 
+def cil_forgetting(R: np.ndarray, k: int) -> float:
+    """Forgetting after k steps, as continuum's Logger reports it (the reference logs it with it).
+
+    (1/(k-1)) * sum over j = 0..k-3 of (max over l = j..k-3 of R[l][j]) - R[k-1][j]; 0 for k <= 1. As continuum's,
+    the sum and the max leave out step k-2, yet the mean divides by k-1.
+    """
+    if k <= 1:
+        return 0.0
+    total = sum(float(np.max(R[j : k - 2, j])) - float(R[k - 1, j]) for j in range(k - 2))
+    return total / (k - 1)
+
+
+def cil_backward_transfer(R: np.ndarray, k: int) -> float:
+    """Backward transfer after k steps, as continuum's Logger: sum over i = 1..k-1, j = 0..i-2 of R[i][j] - R[j][j],
+    divided by k(k-1)/2 (continuum's inner range also leaves out j = i-1); 0 for k <= 1."""
+    if k <= 1:
+        return 0.0
+    total = sum(float(R[i, j] - R[j, j]) for i in range(1, k) for j in range(i - 1))
+    return total / (k * (k - 1) / 2)
+
+
+def cil_run_metrics(accuracy: Sequence[float], R: np.ndarray) -> dict:
+    """Avg, Last, forgetting and BWT of a class-incremental run, and their values after every step.
+
+    accuracy[i]: top-1 (%) on all classes seen after step i; R[i][j]: top-1 (%) on step j's classes after step i.
+    Rounded to 2 decimals, as the reference logs them.
+    """
+    a = np.asarray(accuracy, dtype=np.float64)
+    R = np.asarray(R, dtype=np.float64)
+    T = len(a)
+    if T == 0 or R.shape[0] < T or R.shape[1] < T or not np.all(np.isfinite(a)):
+        raise ValueError(f"need the accuracy after every step and a {T}x{T} matrix of per-step accuracies")
+    for i in range(T):
+        if not np.all(np.isfinite(R[i, : i + 1])):
+            raise ValueError(f"step {i}: the accuracy on the classes of steps 0..{i} is missing")
+    per_step = [
+        {
+            "step": k - 1,
+            "accuracy": round(float(a[k - 1]), 2),
+            "avg": round(float(a[:k].mean()), 2),
+            "forgetting": round(cil_forgetting(R, k), 2),
+            "bwt": round(cil_backward_transfer(R, k), 2),
+        }
+        for k in range(1, T + 1)
+    ]
+    last = per_step[-1]
+    return {"avg": last["avg"], "last": last["accuracy"], "forgetting": last["forgetting"], "bwt": last["bwt"],
+            "per_step": per_step}
+
+
+def cil_csv_text(accuracy: Sequence[float], R: np.ndarray) -> str:
+    """ACC.csv: step,accuracy,task_0..task_{T-1}, one row per step (task_j empty for j > i), percentages."""
+    T = len(accuracy)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["step", "accuracy", *[f"task_{j}" for j in range(T)]])
+    for i in range(T):
+        w.writerow([i, f"{accuracy[i]:.4f}", *[f"{R[i, j]:.4f}" if j <= i else "" for j in range(T)]])
+    return buf.getvalue()
+
+
+def read_cil_csv(path: str | Path) -> tuple[list[float], np.ndarray]:
+    """Read ACC.csv (see cil_csv_text); refuses another header, a missing value at or below the diagonal, a value
+    above it, and accuracies outside [0, 100]."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not an accuracy CSV")
+    rows = [r for r in csv.reader(io.StringIO(path.read_text())) if r and any(c.strip() for c in r)]
+    if not rows:
+        raise ValueError(f"{path}: empty file (expected the header step,accuracy,task_0,...)")
+    header = [c.strip() for c in rows[0]]
+    T = len(rows) - 1
+    want = ["step", "accuracy", *[f"task_{j}" for j in range(T)]]
+    if header != want:
+        raise ValueError(f"{path}: header {header} is not {want} (one row per step)")
+    acc, R = [], np.full((T, T), np.nan)
+    for i, r in enumerate(rows[1:]):
+        if len(r) != len(header) or r[0].strip() != str(i):
+            raise ValueError(f"{path}: line {i + 2} is not step {i} with {len(header)} values")
+        try:
+            acc.append(float(r[1]))
+            for j in range(T):
+                cell = r[2 + j].strip()
+                if j <= i:
+                    R[i, j] = float(cell)
+                elif cell:
+                    raise ValueError(f"task_{j} after step {i} (a step not yet learnt) must be empty")
+        except ValueError as e:
+            raise ValueError(f"{path}: line {i + 2}: {e}") from None
+    vals = np.concatenate([np.asarray(acc), R[np.isfinite(R)]])
+    if np.any(vals < 0) or np.any(vals > 100):
+        raise ValueError(f"{path}: accuracies must be percentages in [0, 100]")
+    return acc, R
+
+
 def read_matrix_csv(path: str | Path) -> tuple[list[str], np.ndarray]:
     """Read MATRIX.csv: a header of dataset names in training order, then one row per task (percent)."""
     text = Path(path).read_text()

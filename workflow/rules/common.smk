@@ -37,6 +37,8 @@ except ConfigError as e:
     raise WorkflowError(f"invalid config: {e}")
 
 CFG = PLAN.config  # the config's own run, typed
+MTIL_RUN = r"[a-z]+_order[0-9]+(_[0-9]+shot)?(-[A-Za-z0-9][A-Za-z0-9_.]*)?"
+CIL_RUN = r"cil_[a-z0-9]+_[0-9]+steps(-[A-Za-z0-9][A-Za-z0-9_.]*)?"
 R = CFG.results_dir.rstrip("/")
 DATA = CFG.data_root.rstrip("/")
 BENCH = CFG.benchmark
@@ -160,6 +162,38 @@ def zero_shot(w):
     return owned(rules.evaluate_zero_shot.output.evaluation, "evaluate", w.run, None)
 
 
+def cil_sources(w):
+    """The prepared datasets a class-incremental view is built from (the mini: its five; else CIFAR100 ...)."""
+    return [data_meta(d) for d in PLAN.spec("cil_prepare", PLAN.cil_view_run(w.cil_dataset)).pool]
+
+
+def cil_view(w):
+    return expand(rules.prepare_cil.output.meta, cil_dataset=PLAN.run(w.run).cil.dataset)[0]
+
+
+def previous_step(w):
+    k = int(w.k)
+    return [] if k == 0 else [owned(rules.cil_train.output.checkpoint, "cil_step", w.run, k - 1, k=k - 1)]
+
+
+def step_checkpoint(w):
+    return owned(rules.cil_train.output.checkpoint, "cil_step", w.run, int(w.k), k=w.k)
+
+
+def step_checkpoints(w):
+    n = PLAN.run(w.run).cil.num_steps
+    return [owned(rules.cil_train.output.checkpoint, "cil_step", w.run, k, k=k) for k in range(n)]
+
+
+def step_evaluations(w):
+    n = PLAN.run(w.run).cil.num_steps
+    return [owned(rules.cil_evaluate.output.evaluation, "cil_evaluate", w.run, k, k=k) for k in range(n)]
+
+
+def cil_zero_shot_eval(w):
+    return owned(rules.cil_zero_shot.output.evaluation, "cil_evaluate", w.run, None)
+
+
 def prev_arg(w, input):
     return f"--prev {input.prev[0]}" if input.prev else ""
 
@@ -195,10 +229,10 @@ def pretrained_arg(w, input):
 
 
 def ledger_runs():
-    """report.ledger_runs, else the config's own run (and, for a variant, its baseline first)."""
+    """report.ledger_runs, else the config's own run (for a variant, its baseline first) and its extra runs."""
     if CFG.report.ledger_runs:
         return list(CFG.report.ledger_runs)
-    return list(dict.fromkeys([PLAN.baseline(DEFAULT_RUN), DEFAULT_RUN]))
+    return list(dict.fromkeys([PLAN.baseline(DEFAULT_RUN), DEFAULT_RUN, *PLAN.extra_runs()]))
 
 
 def ledger_configs():
@@ -224,6 +258,13 @@ def ablation_inputs(axis):
 
 def run_results(run):
     """What a finished run offers a reader: tables (CSV, Markdown, metrics.json), cost, its config, and figures."""
+    if PLAN.run(run).cil is not None:
+        return [
+            *expand(rules.cil_table.output, run=run),
+            *expand(rules.cil_costs.output.costs, run=run),
+            *expand(rules.run_config.output.config, run=run),
+            *expand(rules.cil_figure.output.figure, run=run),
+        ]
     n = len(datasets(run))
     return [
         *expand(rules.table.output, run=run),

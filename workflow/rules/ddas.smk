@@ -10,6 +10,8 @@ rule autoencoder:
         ae=f"{R}/{{run}}/autoencoders/ae_{{k}}.safetensors",
     log:
         f"{R}/{{run}}/logs/autoencoder_{{k}}.log",
+    wildcard_constraints:
+        run=MTIL_RUN,
     conda:
         ENV
     threads: 1

@@ -12,6 +12,8 @@ rule features:
         features=f"{R}/{{run}}/features/{{dataset}}.safetensors",
     log:
         f"{R}/{{run}}/logs/features_{{dataset}}.log",
+    wildcard_constraints:
+        run=MTIL_RUN,
     conda:
         ENV
     threads: 1
@@ -36,6 +38,8 @@ rule evaluate:
         evaluation=f"{R}/{{run}}/eval/task_{{k}}.json",
     log:
         f"{R}/{{run}}/logs/evaluate_{{k}}.log",
+    wildcard_constraints:
+        run=MTIL_RUN,
     conda:
         ENV
     threads: 1
@@ -59,6 +63,8 @@ rule evaluate_zero_shot:
         evaluation=f"{R}/{{run}}/eval/zero_shot.json",
     log:
         f"{R}/{{run}}/logs/evaluate_zero_shot.log",
+    wildcard_constraints:
+        run=MTIL_RUN,
     conda:
         ENV
     threads: 1

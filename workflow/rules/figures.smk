@@ -32,6 +32,8 @@ rule figures:
         ),
     log:
         f"{R}/{{run}}/logs/figures.log",
+    wildcard_constraints:
+        run=MTIL_RUN,
     conda:
         ENV
     params:
@@ -58,6 +60,8 @@ rule expert_figure:
         ),
     log:
         f"{R}/{{run}}/logs/expert_figure_{{k}}.log",
+    wildcard_constraints:
+        run=MTIL_RUN,
     conda:
         ENV
     params:

@@ -43,6 +43,8 @@ rule matrix:
         ),
     log:
         f"{R}/{{run}}/logs/matrix.log",
+    wildcard_constraints:
+        run=MTIL_RUN,
     conda:
         ENV
     params:
@@ -74,6 +76,8 @@ rule costs:
         ),
     log:
         f"{R}/{{run}}/logs/costs.log",
+    wildcard_constraints:
+        run=MTIL_RUN,
     conda:
         ENV
     params:
@@ -117,6 +121,8 @@ rule table:
         ),
     log:
         f"{R}/{{run}}/logs/table.log",
+    wildcard_constraints:
+        run=MTIL_RUN,
     conda:
         ENV
     params:

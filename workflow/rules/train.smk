@@ -11,6 +11,8 @@ rule train_task:
         checkpoint=f"{R}/{{run}}/checkpoints/task_{{k}}.safetensors",
     log:
         f"{R}/{{run}}/logs/train_task_{{k}}.log",
+    wildcard_constraints:
+        run=MTIL_RUN,
     conda:
         ENV
     threads: workflow.cores

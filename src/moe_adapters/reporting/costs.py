@@ -62,7 +62,9 @@ def collect_costs(
         rows.append(cost_row("backbone", f"check {meta.get('name', 'backbone')} weights", meta))
     for path in checkpoints:
         meta = read_metadata(path)
-        rows.append(cost_row("training", f"task {meta['task']}: {meta['dataset']}", meta))
+        what = meta["dataset"] if "classes" not in meta else f"{len(meta['classes'])} classes"
+        unit = "step" if "classes" in meta else "task"  # a class-incremental step records its classes
+        rows.append(cost_row("training", f"{unit} {meta['task']}: {what}", meta))
     for path in autoencoders:
         meta = read_metadata(path)
         rows.append(cost_row("autoencoders", f"autoencoder {meta['index']}: {meta.get('dataset', '?')}", meta))
@@ -71,7 +73,10 @@ def collect_costs(
         rows.append(cost_row("evaluation", f"features: {meta['dataset']}", meta))
     for path in evaluations:
         ev = read_json(path)
-        what = "zero-shot CLIP" if ev["task"] is None else f"task {ev['task']}: {ev['trained_on']}"
+        if "task" in ev:
+            what = "zero-shot CLIP" if ev["task"] is None else f"task {ev['task']}: {ev['trained_on']}"
+        else:  # a class-incremental evaluation
+            what = "zero-shot CLIP, every step" if ev["step"] is None else f"after step {ev['step']}"
         rows.append(cost_row("evaluation", f"evaluate {what}", ev))
     return rows
 

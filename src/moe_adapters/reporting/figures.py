@@ -187,3 +187,24 @@ def save_figure(fig: Figure, path: str | Path, dpi: int) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
     return Path(path)
+
+
+def cil_curves_figure(accuracy: Sequence[float], zero_shot: Sequence[float], *, title: str) -> Figure:
+    """Class-incremental: accuracy on all classes seen so far after every step, ours and zero-shot CLIP, with Avg."""
+    steps = np.arange(len(accuracy))
+    fig = _figure(max(6.0, 2.0 + 0.25 * len(steps)), 4.2)
+    ax = fig.add_subplot()
+    palette = sns.color_palette("colorblind", 3)
+    running = np.cumsum(accuracy) / (steps + 1)
+    sns.lineplot(x=steps, y=np.asarray(accuracy), ax=ax, marker="o", color=palette[0], label="MoE-Adapters")
+    ax.plot(steps, running, linestyle=":", color=palette[0], label="MoE-Adapters, Avg so far")
+    sns.lineplot(x=steps, y=np.asarray(zero_shot), ax=ax, marker="s", color=palette[1], label="zero-shot CLIP")
+    ax.set_ylim(0, 105)
+    ax.set_xticks(steps, [str(s) for s in steps])
+    ax.set_xlabel("after step")
+    ax.set_ylabel("top-1 accuracy on all seen classes (%)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper right", frameon=False)
+    fig.suptitle(title + "\nclass-incremental: every step adds classes; the accuracy covers all classes seen so far",
+                 fontsize="medium")
+    return fig

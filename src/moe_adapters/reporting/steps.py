@@ -206,3 +206,60 @@ def ablation_step(
     write_text(out_csv, ablation_csv(rows))
     write_text(out_md, ablation_markdown(rows, title=title_, baseline=base))
     return Path(out_csv)
+
+
+# ---------------------------------------------------------------- class-incremental runs
+
+
+def cil_matrix_step(spec: ReportSpec, evals: Sequence[str | Path], out: str | Path) -> Path:
+    """ACC.csv of a class-incremental run (step, accuracy on all seen classes, accuracy per step's classes)."""
+    from ..metrics import cil_csv_text
+    from ..steps.cil import accuracy_matrix
+
+    acc, R = accuracy_matrix([read_json(p) for p in evals], len(evals))
+    write_text(out, cil_csv_text(acc, R))
+    return Path(out)
+
+
+def cil_table_step(
+    spec: ReportSpec,
+    accuracy: str | Path,
+    zero_shot: str | Path,
+    out: str | Path,
+    markdown: str | Path | None = None,
+    costs: str | Path | None = None,
+    metrics_json: str | Path | None = None,
+) -> Path:
+    """A class-incremental run's table (Avg and Last beside zero-shot CLIP and the paper), metrics.json (with
+    forgetting, BWT and every step) and, for people, the Markdown with the per-step accuracies and the cost."""
+    from ..metrics import cil_run_metrics, read_cil_csv
+    from ..steps.cil import accuracy_matrix
+    from .costs import read_costs
+    from .tables import cil_paper_means, cil_rows, cil_table_markdown, table_csv_rows
+
+    acc, R = read_cil_csv(accuracy)
+    zs_acc, zs_R = accuracy_matrix([read_json(zero_shot)] * len(acc), len(acc))  # one file: every step's results
+    ours, zs = cil_run_metrics(acc, R), cil_run_metrics(zs_acc, zs_R)
+    paper = cil_paper_means(spec.setting)
+    rows = cil_rows(ours, zs, paper)
+    cost_rows = read_costs(costs) if costs is not None else None
+    prov = provenance_of(spec, cost_rows)
+    write_text(out, table_csv_rows(["method", "metric", "value"], rows, prov))
+    if metrics_json is not None:
+        write_json(metrics_json, {**ours, "zero_shot": {k: zs[k] for k in ("avg", "last")}, "paper": paper,
+                                  "provenance": prov})
+    if markdown is not None:
+        write_text(markdown, cil_table_markdown(spec.run, rows, ours, zs, R, prov, cost_rows))
+    return Path(out)
+
+
+def cil_figure_step(spec: ReportSpec, accuracy: str | Path, zero_shot: str | Path, out: str | Path) -> Path:
+    """Accuracy on all seen classes after every step, ours beside zero-shot CLIP, with the running Avg."""
+    from ..metrics import read_cil_csv
+    from ..steps.cil import accuracy_matrix
+    from . import figures
+
+    acc, _ = read_cil_csv(accuracy)
+    zs_acc, _ = accuracy_matrix([read_json(zero_shot)] * len(acc), len(acc))
+    fig = figures.cil_curves_figure(acc, zs_acc, title=title(spec))
+    return figures.save_figure(fig, out, spec.report.figure_dpi)

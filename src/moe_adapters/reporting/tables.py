@@ -54,6 +54,18 @@ def paper_note(benchmark: str, order: str, shots: int) -> str:
     return note + (f"; note: {section['note']}" if section.get("note") else "")
 
 
+def run_note(run: str) -> str:
+    """What the paper offers for a run of either half of the paper (MTIL or class-incremental)."""
+    from ..config import parse_cil_run_name
+
+    if parse_cil_run_name(run) is not None:
+        key = cil_paper_key(run)
+        if key is None:
+            return "no published numbers: the mini benchmark is this project's own"
+        return f"paper numbers from paper_numbers.yaml:cil.{key} (the reference's committed logs; Avg and Last)"
+    return paper_note(*parse_run(run))
+
+
 def paper_key(benchmark: str, order: str, shots: int) -> str | None:
     """The section of paper_numbers.yaml that a run reproduces, if any."""
     if benchmark != "mtil":
@@ -133,6 +145,13 @@ def build_table(
 
 def _cell(v, empty: str = "") -> str:
     return empty if v is None else (f"{v:.1f}" if isinstance(v, float) else str(v))
+
+
+def _ledger_cell(v, empty: str = "") -> str:
+    """A ledger cell: MTIL's numbers have one decimal, class-incremental ones two (as the reference logs them)."""
+    if isinstance(v, float) and round(v, 1) != v:
+        return f"{v:.2f}"
+    return _cell(v, empty)
 
 
 def table_csv(names: Sequence[str], rows: list[list], provenance: dict | None = None) -> str:
@@ -282,13 +301,13 @@ def ledger_csv(rows: Sequence[dict]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(LEDGER_COLUMNS)
     for r in rows:
-        w.writerow([_cell(r[k]) for k in LEDGER_COLUMNS])
+        w.writerow([_ledger_cell(r[k]) for k in LEDGER_COLUMNS])
     return buf.getvalue()
 
 
 def ledger_markdown(rows: Sequence[dict], runs: Sequence[str]) -> str:
     """REPRODUCIBILITY.md: every setting present, paper value beside ours; generated, never edited by hand."""
-    notes = [f"- `{run}`: {paper_note(*parse_run(run))}." for run in runs]
+    notes = [f"- `{run}`: {run_note(run)}." for run in runs]
     return "\n".join(
         [
             "# Reproduction ledger\n",
@@ -299,7 +318,7 @@ def ledger_markdown(rows: Sequence[dict], runs: Sequence[str]) -> str:
             + " Difference = ours − paper; — where the paper has no number. Config is the hash of the validated "
             "run config; commit is the code's git commit when the results were made; deviations lists every setting "
             "that differs from the reference's.\n",
-            markdown_table(LEDGER_COLUMNS, [[r[k] for k in LEDGER_COLUMNS] for r in rows], "lllrrrllll"),
+            markdown_table(LEDGER_COLUMNS, [[_ledger_cell(r[k], "—") for k in LEDGER_COLUMNS] for r in rows], "lllrrrllll"),
             "Settings:\n",
             *notes,
             "",
@@ -316,7 +335,7 @@ def ledger_rst(rows: Sequence[dict], runs: Sequence[str]) -> str:
         "",
     ]
     for r in [dict(zip(cols, ("setting", "method", "metric", "paper", "ours", "ours − paper"), strict=True)), *rows]:
-        lines += [f"   * - {_cell(r[cols[0]], '—')}", *[f"     - {_cell(r[c], '—')}" for c in cols[1:]]]
+        lines += [f"   * - {_ledger_cell(r[cols[0]], '—')}", *[f"     - {_ledger_cell(r[c], '—')}" for c in cols[1:]]]
     lines.append("")
     for run in runs:
         first = next((r for r in rows if r["setting"] == run), None)
@@ -324,7 +343,7 @@ def ledger_rst(rows: Sequence[dict], runs: Sequence[str]) -> str:
             f"config ``{first['config']}``, commit ``{first['commit']}``, device {first['device']}, "
             f"deviations: {first['deviations']}" if first else ""
         )
-        lines.append(f"- ``{run}``: {prov}; {paper_note(*parse_run(run))}.")
+        lines.append(f"- ``{run}``: {prov}; {run_note(run)}.")
     return "\n".join(lines) + "\n"
 
 
@@ -424,3 +443,83 @@ def ablation_markdown(rows: Sequence[dict], *, title: str, baseline: dict) -> st
             markdown_table(header, body, "llrrrrrrl"),
         ]
     )
+
+
+# ---------------------------------------------------------------- class-incremental tables
+
+CIL_LABEL = {"avg": "Avg", "last": "Last"}
+
+
+def cil_paper_key(setting: str) -> str | None:
+    """The section of paper_numbers.yaml's `cil` that a class-incremental setting reproduces."""
+    from ..config import parse_cil_run_name
+
+    parsed = parse_cil_run_name(setting)
+    if parsed is None or parsed[0] not in ("cifar100", "tinyimagenet"):
+        return None
+    dataset, steps, _ = parsed
+    return f"cifar100_{steps}_steps" if dataset == "cifar100" else f"tinyimagenet_100_plus_{steps}_steps"
+
+
+def cil_paper_means(setting: str) -> dict | None:
+    key = cil_paper_key(setting)
+    entry = paper_numbers().get("cil", {}).get(key) if key else None
+    return {"MoE-Adapters": {"avg": entry["avg"], "last": entry["last"]}} if entry else None
+
+
+def cil_rows(ours: dict, zero_shot: dict, paper: dict | None) -> list[list]:
+    """Rows method, metric, value: ours, zero-shot CLIP (ours), and where published the paper and the difference."""
+    rows = [[m, CIL_LABEL[k], v[k]] for m, v in (("MoE-Adapters (ours)", ours), ("Zero-shot CLIP (ours)", zero_shot))
+            for k in CIL_LABEL]
+    if paper:
+        theirs = paper["MoE-Adapters"]
+        rows += [["MoE-Adapters (paper)", CIL_LABEL[k], theirs[k]] for k in CIL_LABEL]
+        rows += [[DIFF, CIL_LABEL[k], round(ours[k] - theirs[k], 2)] for k in CIL_LABEL]
+    return rows
+
+
+def table_csv_rows(header: Sequence[str], rows: list[list], provenance: dict) -> str:
+    """A table's CSV with the provenance columns on every row."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([*header, *PROVENANCE_COLUMNS])
+    prov = [provenance["config_hash"], provenance["commit"], provenance["deviations_text"]]
+    for r in rows:
+        w.writerow([*(f"{v:.2f}" if isinstance(v, float) else _cell(v) for v in r), *prov])
+    return buf.getvalue()
+
+
+CIL_DEFINITIONS = (
+    "Avg = mean over steps of the top-1 accuracy on all classes seen so far; Last = that accuracy after the final "
+    "step; forgetting and backward transfer (BWT) as continuum's Logger computes them (the reference logs them with "
+    "it). Percentages, two decimals, as the reference logs them."
+)
+
+
+def cil_table_markdown(run: str, rows, ours: dict, zero_shot: dict, R: np.ndarray, provenance: dict, costs=None) -> str:
+    """A class-incremental run's table for people: Avg / Last, every step, the per-step accuracies, the cost."""
+    p = provenance
+    key = cil_paper_key(p["setting"])
+    steps = [
+        [s["step"], s["accuracy"], s["avg"], s["forgetting"], s["bwt"], z["accuracy"]]
+        for s, z in zip(ours["per_step"], zero_shot["per_step"], strict=True)
+    ]
+    T = len(steps)
+    parts = [
+        f"# {run}: MoE-Adapters, class-incremental\n",
+        f"Config `{p['config_hash']}`, commit `{p['commit']}`" + (f", device {p['device']}" if costs else "") + ". "
+        f"Deviations: {p['deviations_text']}. {CIL_DEFINITIONS} Comparison: "
+        + (f"paper numbers from paper_numbers.yaml:cil.{key} (the reference's committed logs)." if key else
+           "no published numbers: the mini benchmark is this project's own.") + "\n",
+        markdown_table(["method", "metric", "value"], [[r[0], r[1], f"{r[2]:.2f}"] for r in rows], "llr"),
+        "## After every step\n",
+        markdown_table(["step", "accuracy", "Avg", "forgetting", "BWT", "zero-shot CLIP"],
+                       [[s[0], *[f"{v:.2f}" for v in s[1:]]] for s in steps], "rrrrrr"),
+        "## Accuracy on each step's classes\n",
+        "Row i: top-1 (%) on the classes of step j after training step i.\n",
+        markdown_table(["after step", *[f"step {j}" for j in range(T)]],
+                       [[i, *[f"{R[i, j]:.2f}" if j <= i else None for j in range(T)]] for i in range(T)]),
+    ]
+    if costs:
+        parts += ["## Cost\n", costs_markdown(costs)]
+    return "\n".join(parts)

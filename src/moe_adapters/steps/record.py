@@ -43,4 +43,4 @@ def provenance(spec: Any) -> dict:
     """The step's config slice, its hash, and the code's commit: recorded in every output of a compute step."""
     from ..config import code_commit, digest, to_plain
 
-    return {"config_hash": digest(spec), "step": to_plain(spec), "commit": code_commit()}
+    return {"config_hash": digest(spec), "spec": to_plain(spec), "commit": code_commit()}

@@ -373,6 +373,129 @@ def report_spec(rc: RunConfig) -> ReportSpec:
     )
 
 
+# The prepared (MTIL) datasets whose verified raw data a paper class-incremental view is built from.
+CIL_SOURCES = {"cifar100": ("CIFAR100",), "tinyimagenet": ("TinyImageNet",)}
+
+
+@dataclass(frozen=True)
+class CILPrepareSpec:
+    """The class-incremental view of a dataset: its class names and the prepared datasets it is built from."""
+
+    benchmark: str
+    dataset: str
+    curated: tuple[tuple[str, str], ...]  # TinyImageNet: (wnid, name) in wnids.txt order; () otherwise
+    pool: tuple[str, ...]  # the prepared datasets it is built from, in order (the mini: the five it pools)
+
+
+@dataclass(frozen=True)
+class CILStepSpec:
+    """Class-incremental step `step`: its classes (remapped labels), the model's shape, the training schedule."""
+
+    step: int
+    dataset: str
+    classes: tuple[int, ...]
+    class_order: tuple[int, ...]
+    num_tasks: int  # routers: one, shared by every step
+    model: ModelConfig
+    prompt_template: str
+    lr: float
+    batch_size: int
+    epochs: int
+    warmup: int
+    weight_decay: float
+    label_smoothing: float
+    seed: int
+    image_size: int
+    device: str
+    speed: NumericSpeed
+
+
+@dataclass(frozen=True)
+class CILEvaluateSpec:
+    """Evaluation after class-incremental step `step` (None: zero-shot CLIP after every step) on the test images of
+    every class seen so far, with the prompts of all of them."""
+
+    step: int | None
+    dataset: str
+    step_classes: tuple[tuple[int, ...], ...]  # the classes of every step
+    class_order: tuple[int, ...]
+    num_tasks: int
+    backbone: Backbone
+    model: ModelConfig | None
+    prompt_template: str
+    eval_noise: bool
+    eval_transform: str
+    batch_size: int
+    seed: int
+    image_size: int
+    device: str
+    speed: NumericSpeed
+
+
+def cil_model(rc: RunConfig) -> ModelConfig:
+    """The backbone and adapter settings of `model`, with the class-incremental setting's experts and top-k."""
+    from dataclasses import replace
+
+    return replace(rc.model, num_experts=rc.cil.num_experts, top_k=rc.cil.top_k)
+
+
+def cil_prepare_spec(rc: RunConfig) -> CILPrepareSpec:
+    from ..config import cil_protocol
+
+    c, proto = rc.cil, cil_protocol(rc.benchmark, rc.protocol)
+    curated = tuple((w, n) for w, n in proto["tinyimagenet_names"]["classes"]) if c.dataset == "tinyimagenet" else ()
+    pool = tuple(proto["pool"]) if rc.benchmark == "mini" else CIL_SOURCES.get(c.dataset, ())
+    if not pool:
+        raise ConfigError(f"config key 'cil.dataset': no prepared dataset to build a {c.dataset} view from")
+    return CILPrepareSpec(rc.benchmark, c.dataset, curated, pool)
+
+
+def cil_step_spec(rc: RunConfig, step: int) -> CILStepSpec:
+    c = rc.cil
+    if not 0 <= step < c.num_steps:
+        raise ConfigError(f"run {rc.run_name} has steps 0..{c.num_steps - 1}, not {step}")
+    return CILStepSpec(
+        step=step,
+        dataset=c.dataset,
+        classes=tuple(c.step_classes(step)),
+        class_order=c.class_order,
+        num_tasks=1,
+        model=cil_model(rc),
+        prompt_template=c.prompt_template,
+        lr=c.lr,
+        batch_size=c.batch_size,
+        epochs=c.epochs,
+        warmup=c.warmup,
+        weight_decay=c.weight_decay,
+        label_smoothing=c.label_smoothing,
+        seed=rc.train.seed,
+        image_size=image_size(rc.model.name),
+        device=rc.device,
+        speed=speed_of(rc),
+    )
+
+
+def cil_evaluate_spec(rc: RunConfig, step: int | None) -> CILEvaluateSpec:
+    c = rc.cil
+    return CILEvaluateSpec(
+        step=step,
+        dataset=c.dataset,
+        step_classes=tuple(tuple(c.step_classes(s)) for s in range(c.num_steps)),
+        class_order=c.class_order,
+        num_tasks=1,
+        backbone=backbone_of(rc),
+        model=cil_model(rc) if step is not None else None,
+        prompt_template=c.prompt_template,
+        eval_noise=c.eval_noise,
+        eval_transform=c.eval_transform,
+        batch_size=c.eval_batch_size,
+        seed=rc.train.seed,
+        image_size=image_size(rc.model.name),
+        device=rc.device,
+        speed=speed_of(rc),
+    )
+
+
 SPECS = {
     "prepare": PrepareSpec,
     "pretrain": PretrainSpec,
@@ -382,6 +505,9 @@ SPECS = {
     "features": FeaturesSpec,
     "evaluate": EvaluateSpec,
     "report": ReportSpec,
+    "cil_prepare": CILPrepareSpec,
+    "cil_step": CILStepSpec,
+    "cil_evaluate": CILEvaluateSpec,
 }
 
 

@@ -24,12 +24,23 @@ from typing import Any
 
 import yaml
 
-from ..config import ConfigError, RunConfig, deep_merge, digest, parse_run_name, resolve, semantic
+from ..config import (
+    ConfigError,
+    RunConfig,
+    deep_merge,
+    digest,
+    flatten,
+    parse_cil_run_name,
+    parse_run_name,
+    resolve,
+    semantic,
+)
 from ..steps import specs as S
 
 AXES_FILE = Path(str(resources.files("moe_adapters") / "configs" / "ablations.yaml"))
 # A variant changes how a run is trained or evaluated; what names the run or where files live is not its to change.
-NOT_IN_VARIANTS = ("benchmark", "order", "shots", "variant", "variants", "data_root", "results_dir")
+NOT_IN_VARIANTS = ("benchmark", "order", "shots", "variant", "variants", "data_root", "results_dir", "setting",
+                   "cil.dataset", "cil.steps", "extra_runs")
 
 
 def ablation_axes() -> dict[str, dict[str, dict]]:
@@ -88,7 +99,7 @@ class Plan:
         if found is None:
             known = sorted({*(self.baseline_raw.get("variants") or {}), *(v for a in ablation_axes().values() for v in a)})
             raise ConfigError(f"no variant {variant!r} (config variants: and packaged axes know: {', '.join(known)})")
-        bad = [k for k in found if k.split(".")[0] in NOT_IN_VARIANTS]
+        bad = sorted(k for k in {*found, *flatten(found)} if k in NOT_IN_VARIANTS)
         if bad:
             raise ConfigError(
                 f"variant {variant!r} sets {', '.join(bad)}: a variant cannot change what names the run or where files "
@@ -99,10 +110,17 @@ class Plan:
     def run(self, name: str) -> RunConfig:
         """The run configuration of a run name, validated and resolved (cached)."""
         if name not in self._runs:
-            benchmark, order, shots, variant = parse_run_name(name)
-            raw = deep_merge(self.baseline_raw, {"order": order, "shots": shots})
-            if benchmark != raw.get("benchmark", "mtil"):
-                raise ConfigError(f"run {name}: the config's benchmark is {raw.get('benchmark', 'mtil')}, not {benchmark}")
+            cil = parse_cil_run_name(name)
+            if cil is not None:
+                dataset, steps, variant = cil
+                raw = deep_merge(self.baseline_raw, {"setting": "cil", "cil": {"dataset": dataset, "steps": steps}})
+            else:
+                benchmark, order, shots, variant = parse_run_name(name)
+                raw = deep_merge(self.baseline_raw, {"setting": "mtil", "order": order, "shots": shots})
+                if benchmark != raw.get("benchmark", "mtil"):
+                    raise ConfigError(
+                        f"run {name}: the config's benchmark is {raw.get('benchmark', 'mtil')}, not {benchmark}"
+                    )
             if variant:
                 raw = deep_merge(raw, {**self.variant_overrides(variant), "variant": variant})
             try:
@@ -138,6 +156,9 @@ class Plan:
             "features": lambda: S.features_spec(rc, index),
             "evaluate": lambda: S.evaluate_spec(rc, None if index is None else int(index)),
             "report": lambda: S.report_spec(rc),
+            "cil_prepare": lambda: S.cil_prepare_spec(rc),
+            "cil_step": lambda: S.cil_step_spec(rc, int(index)),
+            "cil_evaluate": lambda: S.cil_evaluate_spec(rc, None if index is None else int(index)),
         }
         if kind not in build:
             raise KeyError(kind)
@@ -158,6 +179,11 @@ class Plan:
         if kind == "evaluate":
             up = [("features", d) for d in rc.datasets]
             return up if index is None else [("task", int(index)), *up]
+        if kind == "cil_step":
+            k = int(index)
+            return [("cil_prepare", None), ("backbone", None)] + ([("cil_step", k - 1)] if k else [])
+        if kind == "cil_evaluate":
+            return [("cil_prepare", None), ("backbone", None)] + ([("cil_step", int(index))] if index is not None else [])
         return []
 
     def key(self, kind: str, run: str, index: Any = None) -> str:
@@ -187,7 +213,10 @@ class Plan:
         if base == run:
             return
         rc = self.run(run)
-        checks = [("prepare", d) for d in {*rc.datasets, rc.ddas.generic_dataset}]
+        if rc.cil is not None:
+            checks = [("cil_prepare", None)]
+        else:
+            checks = [("prepare", d) for d in {*rc.datasets, rc.ddas.generic_dataset}]
         if rc.benchmark == "mini":
             checks.append(("pretrain", None))
         for kind, index in checks:
@@ -203,5 +232,22 @@ class Plan:
         """The job's spec as JSON: its `params`, so Snakemake reruns the job exactly when its spec changes."""
         return S.to_json(self.spec(kind, run, index))
 
-    def runtime(self, run: str, evaluation: bool = False) -> str:
-        return S.runtime_of(self.run(run), evaluation).args()
+    def cil_view_run(self, dataset: str) -> str:
+        """A run of the class-incremental dataset (any of its settings: the view does not depend on the steps)."""
+        from ..config import cil_protocol, cil_steps_of
+
+        proto = cil_protocol(self.config.benchmark, self.config.protocol)
+        order = proto["class_orders"].get(dataset)
+        settings = [s for s in proto["settings"].values() if s["dataset"] == dataset]
+        if order is None or not settings:
+            raise ConfigError(f"no class-incremental dataset {dataset!r} in the {self.config.benchmark} protocol")
+        return f"cil_{dataset}_{cil_steps_of(settings[0], len(order))}steps"
+
+    def extra_runs(self) -> list[str]:
+        """Runs the default target builds besides the config's own (the mini: its class-incremental run)."""
+        return list(self.config_raw_value("extra_runs") or [])
+
+    def config_raw_value(self, key: str):
+        from ..config import merged_raw, validate_raw
+
+        return validate_raw(merged_raw(self.baseline_raw))[key]
