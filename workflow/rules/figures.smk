@@ -58,6 +58,8 @@ rule expert_figure:
         ),
     log:
         f"{R}/{{run}}/logs/expert_figure_{{k}}.log",
+    wildcard_constraints:
+        run=TRAINED_RUN,
     conda:
         ENV
     params:

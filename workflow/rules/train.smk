@@ -1,4 +1,5 @@
 # Training task k of the order from task k-1's checkpoint (experts, routers, frozen set).
+# Not for an imported run (TRAINED_RUN): its checkpoints are the authors' files, which no rule makes.
 
 
 rule train_task:
@@ -11,6 +12,8 @@ rule train_task:
         checkpoint=f"{R}/{{run}}/checkpoints/task_{{k}}.safetensors",
     log:
         f"{R}/{{run}}/logs/train_task_{{k}}.log",
+    wildcard_constraints:
+        run=TRAINED_RUN,
     conda:
         ENV
     threads: workflow.cores
