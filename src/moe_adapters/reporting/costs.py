@@ -19,6 +19,7 @@ COLUMNS = (
     "device",
     "config_hash",
     "commit",
+    "source",  # an imported step: the authors' file it came from, with its SHA-256 (else empty)
 )
 STAGES = ("pretraining", "backbone", "training", "autoencoders", "evaluation")
 
@@ -37,7 +38,22 @@ def cost_row(stage: str, item: str, meta: dict) -> dict:
         "device": c.get("device"),
         "config_hash": meta.get("config_hash"),
         "commit": meta.get("commit"),
+        "source": imported_source(meta),
     }
+
+
+def imported_source(meta: dict) -> str | None:
+    """Which of the authors' files an imported checkpoint or autoencoder came from (None: made here)."""
+    imp = meta.get("imported")
+    if not isinstance(imp, dict):
+        return None
+    if "file" in imp:
+        return f"{imp['file']} (sha256 {imp.get('sha256')})"
+    return imp.get("trained_from")
+
+
+def _item(label: str, meta: dict) -> str:
+    return f"{label} (imported)" if meta.get("imported") else label
 
 
 def collect_costs(
@@ -62,10 +78,10 @@ def collect_costs(
         rows.append(cost_row("backbone", f"check {meta.get('name', 'backbone')} weights", meta))
     for path in checkpoints:
         meta = read_metadata(path)
-        rows.append(cost_row("training", f"task {meta['task']}: {meta['dataset']}", meta))
+        rows.append(cost_row("training", _item(f"task {meta['task']}: {meta['dataset']}", meta), meta))
     for path in autoencoders:
         meta = read_metadata(path)
-        rows.append(cost_row("autoencoders", f"autoencoder {meta['index']}: {meta.get('dataset', '?')}", meta))
+        rows.append(cost_row("autoencoders", _item(f"autoencoder {meta['index']}: {meta.get('dataset', '?')}", meta), meta))
     for path in features:
         meta = read_metadata(path)
         rows.append(cost_row("evaluation", f"features: {meta['dataset']}", meta))
