@@ -237,3 +237,34 @@ def test_training_on_from_an_imported_checkpoint_is_refused(setting):
         train_task_step(spec, Runtime(0, 0, True, True), tmp / "data" / "Green", tmp / "out.safetensors",
                         prev=tmp / "results" / RUN / "checkpoints" / "task_0.safetensors", progress=False)
     assert read_metadata(tmp / "results" / RUN / "checkpoints" / "task_0.safetensors")["frozen_set"] == "unknown"
+
+
+def test_the_dag_of_an_imported_run_trains_nothing_and_a_missing_file_says_how_to_get_it(setting):
+    from .workflow_helpers import planned_jobs, snakemake
+
+    tmp, rc, _ = setting
+    import_reference(rc, [tmp / "release"], log=lambda *_: None)
+    target = str(tmp / "results" / f"{RUN}_table.csv")
+    r = snakemake(tmp, "-n", target, "--configfile", str(tmp / "config.yaml"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    rules = {rule for rule, _ in planned_jobs(r.stdout)}
+    assert rules == {"backbone", "features", "evaluate", "evaluate_zero_shot", "matrix", "costs", "table"}, rules
+    (tmp / "results" / RUN / "checkpoints" / "task_1.safetensors").unlink()
+    r = snakemake(tmp, "-n", target, "--configfile", str(tmp / "config.yaml"))
+    assert r.returncode != 0
+    msg = r.stdout + r.stderr
+    assert "task_1.safetensors is missing" in msg and "moe-adapters import-reference --setting mtil_order1" in msg, msg
+
+
+def test_the_variant_name_reference_is_reserved_and_takes_no_overrides(setting):
+    from moe_adapters.config import ConfigError
+
+    tmp, _, _ = setting
+    cfg = yaml.safe_load((tmp / "config.yaml").read_text())
+    with pytest.raises(ConfigError, match="reserved for the authors' released checkpoints"):
+        Plan({**cfg, "variants": {"reference": {"ddas": {"threshold": 0.1}}}})
+    with pytest.raises(ConfigError, match="takes no overrides"):
+        Plan(cfg, cfg, ("reference", {"ddas": {"threshold": 0.1}}))
+    plan = Plan(cfg)
+    assert plan.imported(RUN) and not plan.imported("mtil_order1")
+    assert plan.owner("evaluate", RUN, 0) == RUN and plan.owner("backbone", RUN) == RUN  # it shares nothing
