@@ -116,6 +116,8 @@ def read_costs(path: str | Path) -> list[dict]:
         for k, kind in (("trainable_parameters", int), ("wall_seconds", float), ("peak_memory_bytes", int)):
             if row[k] is not None:
                 row[k] = kind(row[k])
+        if row["source"] is None:  # optional: only imported steps have one
+            del row["source"]
         out.append(row)
     return out
 
