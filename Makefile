@@ -15,8 +15,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test,cluster]'
 	touch $@
 
+# = `dvc repro mini` (which runs the mini's Snakemake command and records its outputs in dvc.lock, so `dvc status`
+# and `dvc pull` know them); the environment's tools first on PATH, for DVC's and Snakemake's jobs
 mini: install
-	HF_HUB_OFFLINE=1 $(BIN)/snakemake --workflow-profile profiles/mini
+	PATH="$(abspath $(BIN)):$$PATH" HF_HUB_OFFLINE=1 dvc repro mini
 	$(BIN)/moe-adapters show results/mini/mini_order1_table.csv
 
 test: install

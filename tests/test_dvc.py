@@ -1,20 +1,27 @@
 """DVC on top of Snakemake, in a temporary git repository holding a copy of the project.
 
-A reduced mini benchmark is reproduced with `dvc repro mini`, pushed to a local folder remote, cloned and
-pulled; after the documented touch command the table target runs no job and the table is identical.
-Changing only table code and running `dvc repro` again retrains and re-evaluates nothing. A pull from a
-remote that is not there fails with a message that says so. No network anywhere.
+A reduced mini benchmark is reproduced with `dvc repro mini` (what `make mini` runs), pushed to a local folder
+remote, cloned and pulled; after the documented touch command the table target runs no job and the table is
+identical. Changing only table code and running `dvc repro` again retrains and re-evaluates nothing. The authors'
+release (tiny synthetic files in their key layout) goes the same way: import, `dvc repro`, push, fresh clone, pull,
+and the table target runs no job. Every DVC message a user meets without a remote, after a mini run, or without
+data, deletes nothing, offers no `--force` and says what to do. No network anywhere.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
-from .workflow_helpers import run
+from .release_helpers import toy_mtil_config, write_release
+from .workflow_helpers import REPO, project_copy, run
 
 MINI = ["--workflow-profile", "profiles/mini"]
 TABLE = "results/mini/mini_order1_table.csv"
@@ -96,3 +103,201 @@ def test_pull_from_an_unreachable_remote_fails_clearly(pushed):
     # CI-style: what is there is checked out, what is missing is allowed, and the exit is clean
     r = run(lost, "dvc", "pull", "--allow-missing", "mini", ok=False, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------- what plain DVC commands say, and never do
+
+
+def shipped_repo(root: Path) -> Path:
+    """A fresh clone as the project ships: its own .dvc/config (no remote), nothing built."""
+    repo = root / "clone"
+    repo.mkdir()
+    project_copy(repo)
+    run(repo, "git", "init", "-q", "-b", "main")
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-q", "-m", "the project as shipped")
+    return repo
+
+
+def digest(paths) -> dict[str, str]:
+    out = {}
+    for base in paths:
+        for p in sorted([base] if base.is_file() else base.rglob("*")):
+            if p.is_file():
+                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def placeholder() -> str:
+    """The project's placeholder default remote: the sentence every remote-needing DVC command stops with."""
+    import configparser
+
+    cp = configparser.ConfigParser()
+    cp.read_string("\n".join(ln for ln in (REPO / ".dvc/config").read_text().splitlines() if not ln.startswith("#")))
+    return cp["core"]["remote"].strip('"')
+
+
+def says_what_to_configure(msg: str) -> None:
+    assert "this clone has no dvc remote yet" in msg, msg
+    assert "dvc remote add -d --local storage" in msg and "versioned data and checkpoints" in msg, msg
+    assert "--force" not in msg, msg
+
+
+def test_make_mini_is_dvc_repro_mini(tmp_path):
+    if shutil.which("make") is None:
+        pytest.skip("needs make")
+    project_copy(tmp_path)
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / ".venv/.installed").touch()  # installed: `make -n` shows only the mini's own commands
+    r = subprocess.run(["make", "-n", "mini"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "dvc repro mini" in r.stdout and "snakemake" not in r.stdout, r.stdout
+
+
+def test_plain_dvc_pull_without_a_remote_deletes_nothing_and_says_what_to_configure(tmp_path):
+    repo = shipped_repo(tmp_path)
+    mine = [repo / "results/mtil_order1/checkpoints/task_0.safetensors", repo / "results/mini/mini_order1_table.csv",
+            repo / "data/DTD/meta.json"]
+    for p in mine:  # a user's own results and data, which DVC has no record of
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("mine")
+    before = digest(mine)
+    for args in ([], ["mtil_order1"], ["mini"]):
+        r = run(repo, "dvc", "pull", *args, ok=False, timeout=120)
+        assert r.returncode != 0
+        says_what_to_configure(r.stdout + r.stderr)
+        assert digest(mine) == before
+    r = run(repo, "dvc", "push", ok=False, timeout=120)
+    says_what_to_configure(r.stdout + r.stderr)
+    r = run(repo, sys.executable, "-m", "moe_adapters.cli", "pull", "mtil_order1", ok=False, timeout=120)
+    assert r.returncode == 2 and "no DVC remote is configured" in r.stderr, r.stderr
+    assert "dvc remote add -d --local storage URL" in r.stderr and "--force" not in r.stderr
+    assert digest(mine) == before
+
+
+def test_dvc_repro_dry_without_data_names_the_data_section_and_the_check(tmp_path):
+    repo = shipped_repo(tmp_path)
+    r = run(repo, "dvc", "repro", "--dry", timeout=300)
+    out = r.stdout + r.stderr
+    for stage in ("mtil_order1", "mtil_order2", "mtil_order1_5shot", "mtil_order1-reference"):
+        assert f"Running stage '{stage}'" in out, out
+    assert "moe-adapters prepare --check-all" in out and "README, section Data" in out, out
+    assert "No such file or directory" not in out
+    # and for real: the check stops the stage within seconds, naming what is missing and the README's section
+    r = run(repo, "dvc", "repro", "mtil_order1", ok=False, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert "12 of 12 datasets cannot be prepared" in out and "README, section Data" in out, out[-3000:]
+    assert not (repo / "results/mtil_order1").exists()
+
+
+def test_after_dvc_repro_mini_status_is_clean_and_plain_pull_deletes_nothing(reduced_mini_run):
+    reduced_mini_run.check()
+    repo = reduced_mini_run.workdir
+    assert "Data and pipelines are up to date" in run(repo, "dvc", "status", "mini").stdout
+    assert not re.search(r"^mini:", run(repo, "dvc", "status").stdout, re.M)  # only stages never run are listed
+    outputs = [repo / "results/mini"]
+    before = digest(outputs)
+    local = repo / ".dvc/config.local"
+    local.write_text(f'[core]\n    remote = "{placeholder()}"\n')  # as the project ships: no remote
+    try:
+        for args in ([], ["mini"]):
+            r = run(repo, "dvc", "pull", *args, ok=False, timeout=120)
+            assert r.returncode != 0
+            says_what_to_configure(r.stdout + r.stderr)
+            assert digest(outputs) == before
+    finally:
+        local.unlink()
+    r = run(repo, "dvc", "pull", "mini", ok=False, timeout=120)  # with a remote: what dvc.lock records is there
+    assert r.returncode == 0 and "--force" not in r.stdout + r.stderr, r.stdout + r.stderr
+    assert digest(outputs) == before
+
+
+def test_moe_adapters_pull_refuses_to_replace_outputs_dvc_has_no_record_of(reduced_mini_run):
+    reduced_mini_run.check()
+    repo = reduced_mini_run.workdir
+    table = repo / "results/mini/mini_order1_table.csv"
+    text = table.read_text()
+    table.write_text(text + "a line of the user's own\n")
+    try:
+        r = run(repo, sys.executable, "-m", "moe_adapters.cli", "pull", "mini", ok=False, timeout=120)
+        assert r.returncode == 2 and "dvc commit mini" in r.stderr and "nothing was changed" in r.stderr, r.stderr
+        assert table.read_text().endswith("a line of the user's own\n")
+    finally:
+        table.write_text(text)
+    r = run(repo, sys.executable, "-m", "moe_adapters.cli", "pull", "mtil_order1", ok=False, timeout=120)
+    assert r.returncode == 2 and "dvc.lock records no outputs of stage 'mtil_order1'" in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------- the authors' release, as a user takes it
+
+IMPORTED = "mtil_order1-reference"
+IMPORTED_CMD = ["--workflow-profile", "profiles/default", "--config", "order=order1", "shots=0", "variant=reference"]
+IMPORTED_TABLE = f"results/{IMPORTED}_table.csv"
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    """A project copy whose config is a toy MTIL setting (two tasks, tiny CLIP), a synthetic release in the
+    reference's layout imported into it, `dvc repro` of the imported stage, dvc.lock committed, pushed."""
+    root = tmp_path_factory.mktemp("imported")
+    repo = root / "origin"
+    repo.mkdir()
+    project_copy(repo)
+    cfg = toy_mtil_config(repo, data_root="data", results_dir="results", protocol="config/toy-protocol.yaml")
+    (repo / "config/config.yaml").write_text(yaml.safe_dump(cfg))
+    write_release(root / "release")
+    run(repo, "git", "init", "-q", "-b", "main")
+    run(repo, "dvc", "remote", "add", "-d", "storage", str(root / "remote"))
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-q", "-m", "project with a toy MTIL setting")
+    r = run(repo, sys.executable, "-m", "moe_adapters.cli", "import-reference", "--setting", "mtil_order1",
+            "-c", "config/config.yaml", str(root / "release"))
+    assert "imported 2 task checkpoints and 3 autoencoders" in r.stdout, r.stdout
+    r = run(repo, "dvc", "repro", IMPORTED, timeout=1200)
+    ran = jobs_run(r.stdout + r.stderr)
+    assert {"features", "evaluate", "table"} <= ran, r.stdout[-3000:]
+    assert not ran & {"train_task", "autoencoder", "prepare", "expert_figure"}, ran
+    run(repo, "git", "add", "dvc.lock")
+    run(repo, "git", "commit", "-q", "-m", "the authors' checkpoints, evaluated")
+    run(repo, "dvc", "push", IMPORTED)
+    return root, repo
+
+
+def test_the_imported_release_is_evaluated_and_says_so(imported):
+    _, repo = imported
+    table = (repo / IMPORTED_TABLE).read_text()
+    assert "MoE-Adapters (authors' checkpoints)" in table and "IMPORTED: the authors' released checkpoints" in table
+    assert "MoE-Adapters (paper)" in table  # beside the paper's numbers
+    md = (repo / f"results/{IMPORTED}_table.md").read_text()
+    assert "Checkpoints: the authors' released files" in md and "Red.pth (sha256 " in md
+    ledger = (repo / "results/REPRODUCIBILITY.md").read_text()
+    assert IMPORTED in ledger and "IMPORTED" in ledger
+    assert "Data and pipelines are up to date" in run(repo, "dvc", "status", IMPORTED).stdout
+    # the training rules never see the imported files as theirs: the table target plans nothing
+    r = run(repo, "snakemake", "-n", IMPORTED_TABLE, *IMPORTED_CMD)
+    assert "Nothing to be done" in r.stdout + r.stderr, r.stdout[-3000:]
+
+
+def test_imported_release_round_trip_push_clone_pull_runs_no_job(imported):
+    root, repo = imported
+    clone = root / "clone"
+    run(root, "git", "clone", "-q", str(repo), str(clone))
+    shutil.copytree(repo / "data", clone / "data")  # the user's own prepared datasets (evaluation reads them)
+    assert not (clone / "results").exists()
+    run(clone, "dvc", "pull", IMPORTED)
+    assert (clone / f"results/{IMPORTED}/checkpoints/task_1.safetensors").exists()
+    run(clone, "snakemake", IMPORTED_TABLE, "--touch", *IMPORTED_CMD)
+    r = run(clone, "snakemake", IMPORTED_TABLE, *IMPORTED_CMD)
+    assert jobs_run(r.stdout + r.stderr) == set(), r.stdout + r.stderr
+    assert "Nothing to be done" in r.stdout + r.stderr
+    assert (clone / IMPORTED_TABLE).read_bytes() == (repo / IMPORTED_TABLE).read_bytes()
+    assert "up to date" in run(clone, "dvc", "status", IMPORTED).stdout
+    # and the single command does the same in another clone
+    other = root / "other"
+    run(root, "git", "clone", "-q", str(repo), str(other))
+    shutil.copytree(repo / "data", other / "data")
+    r = run(other, sys.executable, "-m", "moe_adapters.cli", "pull", IMPORTED)
+    assert f"pulled stage {IMPORTED}" in r.stdout
+    r = run(other, "snakemake", IMPORTED_TABLE, *IMPORTED_CMD)
+    assert jobs_run(r.stdout + r.stderr) == set(), r.stdout + r.stderr

@@ -91,7 +91,7 @@ def reduced_mini_repo(root: Path, remote: Path) -> tuple[Path, subprocess.Comple
     project_copy(repo)
     write_reduced_mini(repo)
     run(repo, "git", "init", "-q", "-b", "main")
-    run(repo, "dvc", "remote", "modify", "storage", "url", str(remote))  # a user's own remote, as in the README
+    run(repo, "dvc", "remote", "add", "-d", "storage", str(remote))  # a user's own remote, as in the README
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-q", "-m", "project with the reduced mini benchmark")
     r = run(repo, "dvc", "repro", "mini", ok=False)

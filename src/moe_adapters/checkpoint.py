@@ -130,11 +130,29 @@ def _backbone_meta(model) -> dict:
     return {**model.backbone.describe(), "fingerprint": model.fingerprint}
 
 
+FROZEN_KEYS = ("frozen_visual", "frozen_text")
+FROZEN_UNKNOWN = "unknown"  # metadata frozen_set of a checkpoint whose frozen set is not known (imported)
+
+
 def save_task_checkpoint(
-    path: str | Path, model, *, task: int, dataset: str, counts: dict[str, torch.Tensor] | None, extra: dict
+    path: str | Path,
+    model,
+    *,
+    task: int,
+    dataset: str,
+    counts: dict[str, torch.Tensor] | None,
+    extra: dict,
+    frozen_known: bool = True,
 ) -> None:
-    """A task's result: adapters, routers, frozen set and selection counts, plus the backbone's identity."""
+    """A task's result: adapters, routers, frozen set and selection counts, plus the backbone's identity.
+
+    With `frozen_known=False` (the authors' released files hold no frozen set) the frozen set is left out and the
+    metadata says so; such a checkpoint can be evaluated, but no training may continue from it.
+    """
     tensors = dict(model.moe_state_dict())
+    if not frozen_known:
+        tensors = {k: v for k, v in tensors.items() if k not in FROZEN_KEYS}
+        extra = {**extra, "frozen_set": FROZEN_UNKNOWN}
     if counts is not None:
         tensors.update({f"counts.{k}": v for k, v in counts.items()})
     meta = {
@@ -158,6 +176,8 @@ def load_task_checkpoint(path: str | Path, model) -> dict:
     counts = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("counts.")}
     state = {k: v for k, v in tensors.items() if not k.startswith("counts.")}
     own = model.moe_state_dict()
+    if meta.get("frozen_set") == FROZEN_UNKNOWN:  # imported: evaluation needs no frozen set
+        own = {k: v for k, v in own.items() if k not in FROZEN_KEYS}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
@@ -172,8 +192,15 @@ def load_task_checkpoint(path: str | Path, model) -> dict:
     return meta
 
 
-def save_autoencoder(path: str | Path, ae, *, index: int, trained: bool, extra: dict) -> None:
-    """One DDAS autoencoder with its index, input size and what it was trained on."""
+INITIAL = "initial."  # prefix of an autoencoder's initial (untrained) weights, where they are not ours (imported)
+
+
+def save_autoencoder(path: str | Path, ae, *, index: int, trained: bool, extra: dict, initial=None) -> None:
+    """One DDAS autoencoder with its index, input size and what it was trained on.
+
+    `initial`, an autoencoder of the same shape, is stored beside it (keys `initial.*`) when its untrained weights
+    are not this project's seeded ones: the reference lets untrained autoencoders compete, so evaluation needs them.
+    """
     meta = {
         "kind": "autoencoder",
         "index": index,
@@ -182,11 +209,17 @@ def save_autoencoder(path: str | Path, ae, *, index: int, trained: bool, extra: 
         "code_dim": ae.encoder[0].out_features,
         **extra,
     }
-    save_tensors(path, ae.state_dict(), meta)
+    tensors = dict(ae.state_dict())
+    if initial is not None:
+        tensors.update({INITIAL + k: v for k, v in initial.state_dict().items()})
+    save_tensors(path, tensors, meta)
 
 
 def load_autoencoder(path: str | Path, ae) -> dict:
-    """Load weights into `ae` after checking index-independent shape and feature extractor metadata."""
+    """Load weights into `ae` after checking index-independent shape and feature extractor metadata.
+
+    Initial weights stored beside them (imported autoencoders) come back as `meta["initial_state"]`, else None.
+    """
     tensors, meta = load_tensors(path)
     if meta.get("kind") != "autoencoder":
         raise CheckpointError(f"{path} is not an autoencoder checkpoint (kind={meta.get('kind')!r})")
@@ -196,5 +229,7 @@ def load_autoencoder(path: str | Path, ae) -> dict:
         raise CheckpointError(
             f"{path} is an autoencoder of shape {have}, expected {want} (other feature extractor?)"
         )
-    ae.load_state_dict(tensors)
+    initial = {k[len(INITIAL):]: v for k, v in tensors.items() if k.startswith(INITIAL)}
+    ae.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(INITIAL)})
+    meta["initial_state"] = initial or None
     return meta

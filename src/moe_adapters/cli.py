@@ -284,7 +284,11 @@ def cmd_prepare(args) -> int:
         plan = _plan(args)
         if plan.config.benchmark != "mtil":
             raise ConfigError("--check-all checks the paper's raw data (benchmark: mtil)")
-        for name, state in check_all(args.data_root or plan.config.data_root, [args.dataset] if args.dataset else None).items():
+        names = [args.dataset] if args.dataset else None
+        if args.run and not args.dataset:  # what this run's jobs read: its datasets, and the generic data it trains on
+            rc = plan.run(args.run)
+            names = [*rc.datasets, *([] if plan.imported(args.run) else [rc.ddas.generic_dataset])]
+        for name, state in check_all(args.data_root or plan.config.data_root, names).items():
             print(f"{name:<14} {state}")
         return 0
     if not args.dataset and not args.spec:
@@ -394,6 +398,15 @@ def cmd_pull(args) -> int:
     return 0
 
 
+def cmd_import_reference(args) -> int:
+    from .config import IMPORTED_VARIANT
+    from .reference import import_reference
+
+    plan = _plan(args)
+    import_reference(plan.run(f"{args.setting}-{IMPORTED_VARIANT}"), args.paths)
+    return 0
+
+
 def cmd_show(args) -> int:
     from .reporting.tables import format_table
 
@@ -496,7 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--check-all",
         action="store_true",
-        help="check the raw data of every paper dataset at once (no network); one message lists all that is missing",
+        help="check the raw data of every paper dataset at once (no network; with --run, those the run reads); one "
+        "message lists all that is missing",
     )
     sp.add_argument(
         "--download",
@@ -633,6 +647,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--repo", default=".", help="the project folder (default: here)")
     sp.add_argument("--allow-missing", action="store_true", help="passed to dvc pull (CI: take what is there)")
     sp.set_defaults(func=cmd_pull)
+
+    sp = sub.add_parser(
+        "import-reference",
+        help="the authors' released checkpoints (.pth) into results/<setting>-reference/, checked, for evaluation",
+        description="Read the authors' released files ({Dataset}.pth and {Dataset}_autochooser.pth: folders, the "
+        "files themselves, zip/tar archives or single-file bundles) without executing code, check their key layout "
+        "and backbone against the run's, and write task checkpoints and DDAS autoencoders in this project's format "
+        "into <results_dir>/<setting>-reference/ (README, 'Released checkpoints').",
+    )
+    sp.add_argument("--config", "-c", help="run config YAML (default: all defaults, the paper)")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    sp.add_argument("--setting", required=True, choices=["mtil_order1", "mtil_order1_5shot"],
+                    help="which release: full-shot (full_shot_order1_1000iters) or 5-shot (few_shot_order1_1000iters)")
+    sp.add_argument("paths", nargs="+", metavar="PATH", help="folders, .pth files or archives of the release")
+    sp.set_defaults(func=cmd_import_reference)
 
     sp = sub.add_parser("show", help="print result tables (CSV) or Markdown tables (ablation, table)")
     sp.add_argument("tables", nargs="+")

@@ -61,6 +61,9 @@ class ConfigError(ValueError):
 
 
 VARIANT_NAME = r"[A-Za-z0-9][A-Za-z0-9_.]*"
+# The run of a setting whose checkpoints and autoencoders are the authors' released files, imported by
+# `moe-adapters import-reference` (e.g. mtil_order1-reference): the workflow evaluates it and trains nothing.
+IMPORTED_VARIANT = "reference"
 RUN_NAME = re.compile(
     rf"(?P<benchmark>[a-z]+)_(?P<order>order[0-9]+)(?:_(?P<shots>[0-9]+)shot)?(?:-(?P<variant>{VARIANT_NAME}))?"
 )
@@ -473,6 +476,11 @@ def _resolve(cfg: dict) -> RunConfig:
     for key, sub in cfg["variants"].items():
         if not isinstance(sub, Mapping):
             raise ConfigError(f"config key 'variants.{key}': a variant is a mapping of config overrides")
+        if key == IMPORTED_VARIANT:
+            raise ConfigError(
+                f"config key 'variants.{key}': the variant name {key!r} is reserved for the authors' released "
+                "checkpoints (moe-adapters import-reference); choose another name"
+            )
     cil = _resolve_cil(cfg) if cfg["setting"] == "cil" else None
     for r in cfg["extra_runs"]:
         if not (RUN_NAME.fullmatch(r) or CIL_RUN_NAME.fullmatch(r)):

@@ -1,5 +1,6 @@
 # Config validation (before any job), run names, and the paths, specs and helpers every rule takes from the plan.
-# Nothing here reads the results folder or writes a file: the plan is computed from the config alone.
+# Nothing here writes a file, and the plan is computed from the config alone; the one look at the results folder is
+# whether an imported run's files are there (imported_file), to say how to get them when they are not.
 
 import sys
 from pathlib import Path
@@ -8,6 +9,8 @@ from snakemake.exceptions import WorkflowError
 
 import moe_adapters.reporting
 from moe_adapters.config import (
+    IMPORTED_VARIANT,
+    VARIANT_NAME,
     ConfigError,
     deep_merge,
     format_deviations,
@@ -56,6 +59,12 @@ RUNTIME = dict(
     truncate_text=int(CFG.speed.truncate_text),
 )
 RUNTIME_EVAL = {**RUNTIME, "workers": _rt_eval.num_workers}
+# Runs whose checkpoints and autoencoders rules make: every run but an imported one (<setting>-reference), whose
+# files `moe-adapters import-reference` wrote. For those runs the files are sources, not outputs: no rule can retrain
+# them, whatever their times or the config say.
+TRAINED_RUN = (
+    r"[a-z]+_order[0-9]+(_[0-9]+shot)?" rf"(-(?!{IMPORTED_VARIANT}(?![A-Za-z0-9_.])){VARIANT_NAME})?"
+)
 # Jobs run the CLI of the Python running Snakemake, whatever PATH says; OpenMP threads wait passively, since
 # jobs share the cores (spinning waits made small ops hundreds of times slower there; results are the same).
 shell.prefix(
@@ -130,18 +139,32 @@ def backbone_identity(w):
     return owned(rules.backbone.output.identity, "backbone", w.run)
 
 
+def imported_file(run, path, what):
+    """An imported run's checkpoint or autoencoder (made by no job); when absent, say how to get it."""
+    if PLAN.imported(run) and not Path(path).exists():
+        setting = PLAN.baseline(run)
+        raise WorkflowError(
+            f"{path} is missing: {run} evaluates the authors' released {what}, which no rule makes. Import them "
+            f"with `moe-adapters import-reference --setting {setting} PATH...` or fetch an import with "
+            f"`moe-adapters pull {run}` (README, 'Released checkpoints')"
+        )
+    return path
+
+
 def previous_checkpoint(w):
     k = int(w.k)
     return [] if k == 0 else [owned(rules.train_task.output.checkpoint, "task", w.run, k - 1, k=k - 1)]
 
 
 def task_checkpoint(w):
-    return owned(rules.train_task.output.checkpoint, "task", w.run, int(w.k), k=w.k)
+    path = owned(rules.train_task.output.checkpoint, "task", w.run, int(w.k), k=w.k)
+    return imported_file(w.run, path, "checkpoints")
 
 
 def autoencoders(w):
     n = len(datasets(w.run)) + 1
-    return [owned(rules.autoencoder.output.ae, "autoencoder", w.run, k, k=k) for k in range(n)]
+    paths = [owned(rules.autoencoder.output.ae, "autoencoder", w.run, k, k=k) for k in range(n)]
+    return [imported_file(w.run, p, "DDAS autoencoders") for p in paths]
 
 
 def features(w):
@@ -155,7 +178,8 @@ def evaluations(w):
 
 def checkpoints(w):
     n = len(datasets(w.run))
-    return [owned(rules.train_task.output.checkpoint, "task", w.run, k, k=k) for k in range(n)]
+    paths = [owned(rules.train_task.output.checkpoint, "task", w.run, k, k=k) for k in range(n)]
+    return [imported_file(w.run, p, "checkpoints") for p in paths]
 
 
 def zero_shot(w):
@@ -232,6 +256,8 @@ def ledger_runs():
     """report.ledger_runs, else the config's own run (for a variant, its baseline first) and its extra runs."""
     if CFG.report.ledger_runs:
         return list(CFG.report.ledger_runs)
+    if PLAN.imported(DEFAULT_RUN):  # its baseline would have to be trained: list the imported run alone
+        return [DEFAULT_RUN]
     return list(dict.fromkeys([PLAN.baseline(DEFAULT_RUN), DEFAULT_RUN, *PLAN.extra_runs()]))
 
 
@@ -257,7 +283,8 @@ def ablation_inputs(axis):
 
 
 def run_results(run):
-    """What a finished run offers a reader: tables (CSV, Markdown, metrics.json), cost, its config, and figures."""
+    """What a finished run offers a reader: tables (CSV, Markdown, metrics.json), cost, its config, and figures
+    (an imported run has no expert figures: the release holds no selection counts)."""
     if PLAN.run(run).cil is not None:
         return [
             *expand(rules.cil_table.output, run=run),
@@ -265,7 +292,7 @@ def run_results(run):
             *expand(rules.run_config.output.config, run=run),
             *expand(rules.cil_figure.output.figure, run=run),
         ]
-    n = len(datasets(run))
+    n = 0 if PLAN.imported(run) else len(datasets(run))
     return [
         *expand(rules.table.output, run=run),
         *expand(rules.costs.output.costs, run=run),

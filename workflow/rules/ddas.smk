@@ -1,5 +1,6 @@
 # DDAS autoencoders: autoencoder 0 on the generic data (TinyImageNet; the mini's pretraining pool), autoencoder k
 # on task k-1. Each starts from its own seeded initialisation, so they are independent jobs.
+# Not for an imported run (TRAINED_RUN): its autoencoders are the authors' files.
 
 
 rule autoencoder:
@@ -11,7 +12,7 @@ rule autoencoder:
     log:
         f"{R}/{{run}}/logs/autoencoder_{{k}}.log",
     wildcard_constraints:
-        run=MTIL_RUN,
+        run=TRAINED_RUN,
     conda:
         ENV
     threads: 1

@@ -61,7 +61,7 @@ rule expert_figure:
     log:
         f"{R}/{{run}}/logs/expert_figure_{{k}}.log",
     wildcard_constraints:
-        run=MTIL_RUN,
+        run=TRAINED_RUN,
     conda:
         ENV
     params:

@@ -1,4 +1,5 @@
 # Training task k of the order from task k-1's checkpoint (experts, routers, frozen set).
+# Not for an imported run (TRAINED_RUN): its checkpoints are the authors' files, which no rule makes.
 
 
 rule train_task:
@@ -12,7 +13,7 @@ rule train_task:
     log:
         f"{R}/{{run}}/logs/train_task_{{k}}.log",
     wildcard_constraints:
-        run=MTIL_RUN,
+        run=TRAINED_RUN,
     conda:
         ENV
     threads: workflow.cores

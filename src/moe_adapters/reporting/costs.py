@@ -19,6 +19,7 @@ COLUMNS = (
     "device",
     "config_hash",
     "commit",
+    "source",  # an imported step: the authors' file it came from, with its SHA-256 (else empty)
 )
 STAGES = ("pretraining", "backbone", "training", "autoencoders", "evaluation")
 
@@ -37,7 +38,22 @@ def cost_row(stage: str, item: str, meta: dict) -> dict:
         "device": c.get("device"),
         "config_hash": meta.get("config_hash"),
         "commit": meta.get("commit"),
+        "source": imported_source(meta),
     }
+
+
+def imported_source(meta: dict) -> str | None:
+    """Which of the authors' files an imported checkpoint or autoencoder came from (None: made here)."""
+    imp = meta.get("imported")
+    if not isinstance(imp, dict):
+        return None
+    if "file" in imp:
+        return f"{imp['file']} (sha256 {imp.get('sha256')})"
+    return imp.get("trained_from")
+
+
+def _item(label: str, meta: dict) -> str:
+    return f"{label} (imported)" if meta.get("imported") else label
 
 
 def collect_costs(
@@ -64,10 +80,10 @@ def collect_costs(
         meta = read_metadata(path)
         what = meta["dataset"] if "classes" not in meta else f"{len(meta['classes'])} classes"
         unit = "step" if "classes" in meta else "task"  # a class-incremental step records its classes
-        rows.append(cost_row("training", f"{unit} {meta['task']}: {what}", meta))
+        rows.append(cost_row("training", _item(f"{unit} {meta['task']}: {what}", meta), meta))
     for path in autoencoders:
         meta = read_metadata(path)
-        rows.append(cost_row("autoencoders", f"autoencoder {meta['index']}: {meta.get('dataset', '?')}", meta))
+        rows.append(cost_row("autoencoders", _item(f"autoencoder {meta['index']}: {meta.get('dataset', '?')}", meta), meta))
     for path in features:
         meta = read_metadata(path)
         rows.append(cost_row("evaluation", f"features: {meta['dataset']}", meta))
@@ -105,6 +121,8 @@ def read_costs(path: str | Path) -> list[dict]:
         for k, kind in (("trainable_parameters", int), ("wall_seconds", float), ("peak_memory_bytes", int)):
             if row[k] is not None:
                 row[k] = kind(row[k])
+        if row["source"] is None:  # optional: only imported steps have one
+            del row["source"]
         out.append(row)
     return out
 

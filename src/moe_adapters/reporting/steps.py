@@ -8,17 +8,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..config import format_deviations
+from ..config import IMPORTED_VARIANT, format_deviations
 from ..fsutil import read_json, write_json, write_text
 from ..steps.specs import ReportSpec
 
 ZERO_SHOT_ROUTE = -1  # model.moe.ZERO_SHOT, without importing torch
 
 
+IMPORTED_NOTE = (
+    "IMPORTED: the authors' released checkpoints and autoencoders, evaluated here, not trained by this workflow "
+    "(moe-adapters import-reference; files and SHA-256 in {run}/imported.json)"
+)
+
+
 def provenance_of(spec: ReportSpec, costs: Sequence[dict] | None = None) -> dict:
-    """The run's provenance as every table states it: config hash, commits and devices of its steps, deviations."""
+    """The run's provenance as every table states it: config hash, commits and devices of its steps, deviations,
+    and where its checkpoints come from (trained here, or the authors' files, imported, named in `checkpoints`)."""
     from .tables import commits, devices
 
+    imported = spec.variant == IMPORTED_VARIANT
+    text = format_deviations(spec.deviations)
+    sources = sorted({r["source"] for r in costs or () if r.get("source")})
     return {
         "run": spec.run,
         "setting": spec.setting,
@@ -27,7 +37,8 @@ def provenance_of(spec: ReportSpec, costs: Sequence[dict] | None = None) -> dict
         "commit": commits(costs) if costs is not None else "unknown",
         "device": devices(costs) if costs is not None else "unknown",
         "deviations": spec.deviations,
-        "deviations_text": format_deviations(spec.deviations),
+        "deviations_text": f"{IMPORTED_NOTE.format(run=spec.run)}; {text}" if imported else text,
+        "checkpoints": {"imported": True, "sources": sources} if imported else {"imported": False},
     }
 
 
@@ -79,9 +90,10 @@ def table_step(
         raise ValueError(f"{matrix}: {acc.shape[0]} rows for {len(names)} tasks; the run is not complete")
     zs = read_json(zero_shot)["results"]
     zs_acc = [zs[n]["accuracy"] for n in names]
-    rows = build_table(names, acc, zs_acc, benchmark=spec.benchmark, order=spec.order, shots=spec.shots)
     cost_rows = read_costs(costs) if costs is not None else None
     prov = provenance_of(spec, cost_rows)
+    label = "MoE-Adapters (authors' checkpoints)" if prov["checkpoints"]["imported"] else "MoE-Adapters (ours)"
+    rows = build_table(names, acc, zs_acc, benchmark=spec.benchmark, order=spec.order, shots=spec.shots, label=label)
     write_text(out, table_csv(names, rows, prov))
     if metrics_json is not None:
         m = run_metrics(names, acc, zs_acc)

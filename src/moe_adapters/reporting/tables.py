@@ -124,11 +124,13 @@ def build_table(
     benchmark: str,
     order: str,
     shots: int,
+    label: str = "MoE-Adapters (ours)",
 ) -> list[list]:
-    """The rows of a run's table: ours, zero-shot CLIP (ours), and, where published, the paper and the difference."""
+    """The rows of a run's table: ours (`label`: the authors' checkpoints for an imported run), zero-shot CLIP
+    (ours), and, where published, the paper and the difference."""
     ours = mtil_metrics(acc, names)
     zs = mtil_metrics(zero_shot_matrix(zero_shot, len(names)), names)
-    rows = _rows("MoE-Adapters (ours)", ours, names) + _rows("Zero-shot CLIP (ours)", zs, names)
+    rows = _rows(label, ours, names) + _rows("Zero-shot CLIP (ours)", zs, names)
     key = paper_key(benchmark, order, shots)
     section = paper_numbers().get(key, {}) if key else {}
     paper = paper_rows(section, "MoE-Adapters", names) if section else None
@@ -246,6 +248,12 @@ def table_markdown(
         f"Config `{p['config_hash']}`, commit `{p['commit']}`" + (f", device {p['device']}" if costs else "") + ". "
         + f"Deviations: {p['deviations_text']}. "
         + DEFINITIONS + f" Comparison: {paper_note(benchmark, order, shots)}.\n",
+        *(
+            ["Checkpoints: the authors' released files, imported and checked (key layout, backbone), then evaluated "
+             "by this workflow: " + "; ".join((p.get("checkpoints") or {}).get("sources") or ["see imported.json"])
+             + ".\n"]
+            if (p.get("checkpoints") or {}).get("imported") else []
+        ),
         markdown_table(["method", "metric", *names, "mean"], rows, "ll" + "r" * (len(names) + 1)),
     ]
     if acc is not None:

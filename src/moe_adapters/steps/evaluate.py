@@ -62,11 +62,14 @@ def features_step(
     extractor = feature_extractor(spec.feature).to(device)
     trained, initial = [], []
     for k, path in enumerate(autoencoders):
-        initial.append(autoencoder_template(k, img_size, extractor, spec.code_dim, spec.seed).to(device).eval())
+        ae_0 = autoencoder_template(k, img_size, extractor, spec.code_dim, spec.seed)
         ae_t = autoencoder_template(k, img_size, extractor, spec.code_dim, spec.seed)
         meta = load_autoencoder(path, ae_t)
         if meta["index"] != k:
             raise CheckpointError(f"{path} is autoencoder {meta['index']}, expected autoencoder {k}")
+        if meta["initial_state"] is not None:  # imported: the release's own untrained weights, not our seeded ones
+            ae_0.load_state_dict(meta["initial_state"])
+        initial.append(ae_0.to(device).eval())
         trained.append(ae_t.to(device).eval())
     mse = ddas_mse(extractor, trained + initial, prepared.test_batches(bs, device), device)
     k = len(autoencoders)

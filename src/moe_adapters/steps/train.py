@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..checkpoint import CheckpointError, load_task_checkpoint, save_task_checkpoint
+from ..checkpoint import FROZEN_UNKNOWN, CheckpointError, load_task_checkpoint, save_task_checkpoint
 from ..config import code_fingerprint, digest
 from ..data.prepared import PreparedDataset, sha256_file
 from ..model.clip import tokenizer_for
@@ -68,6 +68,12 @@ def train_task_step(
     model = adapted_model(spec, runtime, "cpu", init_seed=spec.seed)
     if prev is not None:
         meta = load_task_checkpoint(prev, model)
+        if meta.get("frozen_set") == FROZEN_UNKNOWN:
+            raise CheckpointError(
+                f"{prev} was imported from the authors' released files, which hold no frozen set (the reference "
+                "keeps it in a separate frozen-list file); training on from it would let frozen experts change. "
+                "Imported checkpoints are for evaluation only: train from this project's own checkpoints"
+            )
         if meta["task"] != spec.task - 1:
             raise CheckpointError(
                 f"{prev} is the checkpoint of task {meta['task']}, task {spec.task} needs task {spec.task - 1}"

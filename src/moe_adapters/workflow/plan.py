@@ -8,6 +8,11 @@ of a variant is *shared* with the baseline (its output is the baseline's file, c
 specs of everything upstream of it are identical; otherwise the variant computes its own, under its own name, and
 never writes into the baseline's folder.
 
+The variant `reference` (config.IMPORTED_VARIANT, e.g. mtil_order1-reference) is the run of the authors' released
+checkpoints, imported by `moe-adapters import-reference`: its task checkpoints and autoencoders are files no rule
+makes, so nothing of it is trained, and it shares no step with the baseline (its own backbone check, features and
+evaluations live in its own folder, which is what its DVC stage versions).
+
 Nothing here reads the results folder or writes anything: it is pure computation on the config, so Snakemake can
 call it at parse time and in input functions.
 """
@@ -25,6 +30,7 @@ from typing import Any
 import yaml
 
 from ..config import (
+    IMPORTED_VARIANT,
     ConfigError,
     RunConfig,
     deep_merge,
@@ -88,6 +94,13 @@ class Plan:
 
     def variant_overrides(self, variant: str) -> dict:
         """A variant's overrides: the ad-hoc one's, the config's `variants:`, then the packaged axes'."""
+        if variant == IMPORTED_VARIANT:
+            if self.adhoc and variant == self.adhoc[0] and self.adhoc[1]:
+                raise ConfigError(
+                    f"variant {variant!r} is the authors' released checkpoints as imported; it takes no overrides "
+                    f"(got {', '.join(sorted(self.adhoc[1]))})"
+                )
+            return {}
         if self.adhoc and variant == self.adhoc[0]:
             found = self.adhoc[1]
         elif variant in (self.baseline_raw.get("variants") or {}):
@@ -131,6 +144,11 @@ class Plan:
 
     def baseline(self, name: str) -> str:
         return self.run(name).setting
+
+    @staticmethod
+    def imported(name: str) -> bool:
+        """Whether a run's checkpoints and autoencoders are the authors' released files (nothing trained)."""
+        return parse_run_name(name)[3] == IMPORTED_VARIANT
 
     def ablation_variants(self, setting: str, axis: str | None) -> list[str]:
         """The variant runs of an ablation table: the config's variants (axis None) or a packaged axis's, leaving out
@@ -198,7 +216,7 @@ class Plan:
     def owner(self, kind: str, run: str, index: Any = None) -> str:
         """The run whose folder holds this step's output: the baseline's when the step is identical there."""
         base = self.baseline(run)
-        if base == run:
+        if base == run or self.imported(run):
             return run
         try:
             same = self.key(kind, base, index) == self.key(kind, run, index)

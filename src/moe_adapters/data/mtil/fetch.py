@@ -85,10 +85,10 @@ def check_all(
     net = network_allowed(download)
     status, problems = {}, []
     for name in names:
-        spec = _spec(pins, name)
         if (Path(data_root) / name / "meta.json").is_file():
             status[name] = "prepared"
             continue
+        spec = _spec(pins, name)
         pres = presence(spec, raw_root(data_root) / name)
         if pres.ready:
             status[name] = "raw data present"
@@ -99,6 +99,7 @@ def check_all(
     if problems:
         raise DataMissingError(
             f"{len(problems)} of {len(names)} datasets cannot be prepared:\n" + "\n".join(problems)
+            + "\nWhat each dataset needs and where to get it: README, section Data."
         )
     return status
 
