@@ -221,7 +221,9 @@ def small_disk(tmp_path):
         (mnt / "filler").write_bytes(b"\0" * (free - (48 << 10)))
         yield mnt
     finally:
-        subprocess.run(["umount", str(mnt)], check=False)
+        if subprocess.run(["umount", str(mnt)]).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)])
+            raise AssertionError(f"{mnt} was still in use: a file on it was left open")
 
 
 def test_5_a_job_that_runs_out_of_space_says_so_in_snakemakes_output(tmp_path, small_disk):
@@ -280,8 +282,8 @@ def test_7_temporaries_of_interrupted_writes_are_removed_by_the_next_run_of_thei
     assert len(list(out.parent.glob(".*.tmp")) + list(state.parent.glob(".*.tmp"))) == 2
     assert cli(capsys, "train-task", "-c", cfg, "--task", "0", "--out", out, "--no-progress")[0] == 0
     assert out.is_file()
-    left = [p.name for p in out.parent.rglob("*") if p.name.endswith(".tmp") or ".resume" in p.parts]
-    assert left == [], left
+    # (an empty .resume/ may stay: a sibling job of the folder may be about to write its state there)
+    assert [p for p in out.parent.rglob("*") if p.is_file()] == [out]
 
 
 def test_7_prepare_removes_the_evaluation_cache_of_an_interrupted_run(tmp_path):

@@ -91,8 +91,8 @@ def safe_torch_load(path: str | Path):
 
 def save_torch(path: str | Path, obj) -> None:
     """torch.save, atomically (for resume states: optimizer state and RNG states)."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file of ours: closed even when the write fails
+        torch.save(obj, f)
 
 
 def spec_dict(spec: MoESpec) -> dict:
