@@ -207,9 +207,9 @@ def cmd_evaluate(args) -> int:
         raise ConfigError("with --spec, give --data-root")
     evaluate_step(spec, _runtime(args, True), data_root, feats, args.out, args.checkpoint)
     if args.print:
-        from .fsutil import read_json
+        from .integrity import read_evaluation
 
-        for name, r in read_json(args.out)["results"].items():
+        for name, r in read_evaluation(args.out)["results"].items():
             print(f"{name:<16} {r['accuracy']:6.2f}%  batches per route: {r['batch_routes']}")
     return 0
 

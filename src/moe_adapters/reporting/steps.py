@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..config import format_deviations
 from ..fsutil import read_json, write_json, write_text
+from ..integrity import read_evaluation
 from ..steps.specs import ReportSpec
 
 ZERO_SHOT_ROUTE = -1  # model.moe.ZERO_SHOT, without importing torch
@@ -42,7 +43,7 @@ def matrix_step(spec: ReportSpec, evals: Sequence[str | Path], out_matrix: str |
         raise ValueError(f"{len(evals)} evaluations for the {len(names)} tasks of {spec.run}")
     rows, routing = [], ["after_task,trained_on,dataset,route,batches,share"]
     for i, path in enumerate(evals):
-        ev = read_json(path)
+        ev = read_evaluation(path)
         if ev["task"] != i:
             raise ValueError(f"{path} is the evaluation of task {ev['task']}, expected task {i}")
         rows.append([ev["results"][n]["accuracy"] for n in names])
@@ -77,7 +78,7 @@ def table_step(
         raise ValueError(f"{matrix}: columns {names} are not the datasets of {spec.run} ({list(spec.datasets)})")
     if acc.shape[0] != len(names):
         raise ValueError(f"{matrix}: {acc.shape[0]} rows for {len(names)} tasks; the run is not complete")
-    zs = read_json(zero_shot)["results"]
+    zs = read_evaluation(zero_shot)["results"]
     zs_acc = [zs[n]["accuracy"] for n in names]
     rows = build_table(names, acc, zs_acc, benchmark=spec.benchmark, order=spec.order, shots=spec.shots)
     cost_rows = read_costs(costs) if costs is not None else None
@@ -139,7 +140,7 @@ def figures_step(
     from . import figures
 
     names, acc = read_matrix_csv(matrix)
-    zs_eval = read_json(zero_shot)
+    zs_eval = read_evaluation(zero_shot)
     zs = [zs_eval["results"][n]["accuracy"] for n in names]
     dpi = spec.report.figure_dpi
     figures.save_figure(figures.accuracy_matrix_figure(names, acc, title=title(spec)), matrix_figure, dpi)
