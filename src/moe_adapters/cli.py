@@ -131,16 +131,10 @@ def cmd_params(args) -> int:
 
 
 def cmd_metrics(args) -> int:
-    from .metrics import format_metrics, mtil_metrics, read_matrix_csv
-    from .protocol import load_protocol, order_datasets
+    from .metrics import check_mtil_matrix, format_metrics, mtil_metrics, read_matrix_csv
 
     names, acc = read_matrix_csv(args.matrix)
-    if args.order:
-        want = order_datasets(load_protocol(args.benchmark), args.order)
-        if names != want:
-            raise ValueError(f"{args.matrix}: header {names} is not the dataset order of {args.order} ({want})")
-    if acc.shape[0] != len(names):
-        print(f"note: {acc.shape[0]} rows for {len(names)} datasets (an unfinished run?)", file=sys.stderr)
+    check_mtil_matrix(args.matrix, names, acc, order=args.order, benchmark=args.benchmark)
     m = mtil_metrics(acc, names)
     print(json.dumps(m) if args.json else format_metrics(m))
     return 0
@@ -340,6 +334,10 @@ def cmd_show(args) -> int:
 
     for path in args.tables:
         p = Path(path)
+        if p.is_dir():
+            raise ValueError(f"{p} is a directory, not a table (a CSV or Markdown file)")
+        if not p.read_text().strip():
+            raise ValueError(f"{p} is empty")
         text = p.read_text() if p.suffix == ".md" else format_table(p)
         print(f"{path}\n{text}\n")
     return 0
@@ -377,8 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("metrics", help="Transfer / Avg / Last from an accuracy matrix CSV")
     sp.add_argument("matrix")
-    sp.add_argument("--order", help="check the header against this order of the protocol (order1, order2)")
-    sp.add_argument("--benchmark", default="mtil", choices=["mtil", "mini"])
+    sp.add_argument("--order", help="the order the header must be (order1, order2; default: the order it is)")
+    sp.add_argument("--benchmark", choices=["mtil", "mini"], help="the protocol of the order (default: either)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_metrics)
 
