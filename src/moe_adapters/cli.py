@@ -542,12 +542,33 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"moe-adapters {args.command}: error: {msg}", file=sys.stderr)
+        report_error(args.command, e.args[0] if isinstance(e, KeyError) and e.args else e)
         return 2
-    except RuntimeError as e:
-        print(f"moe-adapters {args.command}: error: {e}", file=sys.stderr)
+    except (RuntimeError, OSError) as e:  # OSError: a full disk (fsutil.DiskFullError) among others
+        report_error(args.command, e)
         return 1
+
+
+def report_error(command: str, msg) -> None:
+    """One line on stderr, and on the error descriptor Snakemake's jobs pass (MOE_ADAPTERS_ERROR_FD): a job's
+    stderr is its log, which may be what could not be written (a full disk), and the terminal shows the line."""
+    line = f"moe-adapters {command}: error: {msg}\n"
+    fd = os.environ.get("MOE_ADAPTERS_ERROR_FD")
+    if fd and fd.isdigit():
+        try:
+            same = os.path.samestat(os.fstat(int(fd)), os.fstat(2))
+        except OSError:
+            same = False
+        try:
+            if not same:
+                os.write(int(fd), line.encode())
+        except OSError:
+            pass
+    try:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+    except OSError:  # the log itself is on the full disk
+        pass
 
 
 if __name__ == "__main__":
