@@ -134,7 +134,7 @@ def cmd_metrics(args) -> int:
     from .metrics import check_mtil_matrix, format_metrics, mtil_metrics, read_matrix_csv
 
     names, acc = read_matrix_csv(args.matrix)
-    check_mtil_matrix(args.matrix, names, acc, order=args.order, benchmark=args.benchmark)
+    check_mtil_matrix(args.matrix, names, acc, order=args.order, benchmark=args.benchmark, protocol=args.protocol)
     m = mtil_metrics(acc, names)
     print(json.dumps(m) if args.json else format_metrics(m))
     return 0
@@ -377,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("matrix")
     sp.add_argument("--order", help="the order the header must be (order1, order2; default: the order it is)")
     sp.add_argument("--benchmark", choices=["mtil", "mini"], help="the protocol of the order (default: either)")
+    sp.add_argument("--protocol", help="a protocol file of your own (the config's `protocol`) whose orders to match")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_metrics)
 

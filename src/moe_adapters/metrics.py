@@ -122,10 +122,13 @@ def read_matrix_csv(path: str | Path) -> tuple[list[str], np.ndarray]:
 PROTOCOLS = ("mtil", "mini")
 
 
-def known_orders(benchmark: str | None = None) -> dict[tuple[str, str], list[str]]:
-    """(benchmark, order) -> dataset names in training order, for one benchmark's protocol or for all."""
+def known_orders(benchmark: str | None = None, protocol: str | Path | None = None) -> dict[tuple[str, str], list[str]]:
+    """(benchmark, order) -> dataset names in training order: of a user's protocol file, of one benchmark's
+    packaged protocol, or of all of them."""
     from .protocol import load_protocol
 
+    if protocol is not None:
+        return {(str(protocol), o): list(names) for o, names in load_protocol("mtil", protocol)["orders"].items()}
     return {
         (b, o): list(names)
         for b in ([benchmark] if benchmark else PROTOCOLS)
@@ -133,7 +136,9 @@ def known_orders(benchmark: str | None = None) -> dict[tuple[str, str], list[str
     }
 
 
-def _scope(benchmark: str | None) -> str:
+def _scope(benchmark: str | None, protocol: str | Path | None = None) -> str:
+    if protocol is not None:
+        return f"the protocol {protocol}"
     return f"the {benchmark} protocol" if benchmark else f"the {' or '.join(PROTOCOLS)} protocols"
 
 
@@ -152,29 +157,37 @@ def check_rows(path: str | Path, acc: np.ndarray, tasks: int, setting: str) -> N
 
 
 def check_mtil_matrix(
-    path: str | Path, names: list[str], acc: np.ndarray, *, order: str | None = None, benchmark: str | None = None
+    path: str | Path,
+    names: list[str],
+    acc: np.ndarray,
+    *,
+    order: str | None = None,
+    benchmark: str | None = None,
+    protocol: str | Path | None = None,
 ) -> tuple[str, str]:
     """The (benchmark, order) whose datasets the header names, in their order; the matrix must be square.
 
-    Without `order` (and `benchmark`), every order of every protocol is a candidate; none matching is an error.
+    Without `order` (and `benchmark`), every order of every packaged protocol is a candidate (with `protocol`,
+    every order of that file); none matching is an error.
     """
-    orders = known_orders(benchmark)
+    orders = known_orders(benchmark, protocol)
+    scope = _scope(benchmark, protocol)
     candidates = {k: v for k, v in orders.items() if order is None or k[1] == order}
     if not candidates:
-        raise ValueError(f"{path}: {_scope(benchmark)} has no order {order!r} ({_listing(orders)})")
+        raise ValueError(f"{path}: {scope} has no order {order!r} ({_listing(orders)})")
     known = {n for v in orders.values() for n in v}
     unknown = [n for n in names if n not in known]
     if unknown:
         listed = ", ".join(repr(n) for n in unknown)
         raise ValueError(
-            f"{path}: {listed} {'is no dataset' if len(unknown) == 1 else 'are no datasets'} of {_scope(benchmark)} "
+            f"{path}: {listed} {'is no dataset' if len(unknown) == 1 else 'are no datasets'} of {scope} "
             f"(its orders: {_listing(candidates)})"
         )
     match = [k for k, v in candidates.items() if v == names]
     if not match:
         same = [f"{b} {o}" for (b, o), v in candidates.items() if sorted(v) == sorted(names)]
         hint = f": it holds the datasets of {' and '.join(same)} in another order" if same else ""
-        wanted = f"the dataset order of {order}" if order else f"an order of {_scope(benchmark)}"
+        wanted = f"the dataset order of {order}" if order else f"an order of {scope}"
         raise ValueError(
             f"{path}: the header {','.join(names)} is not {wanted}{hint} "
             f"(no order matches; known: {_listing(candidates)})"
