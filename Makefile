@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 # and `dvc pull` know them); the environment's tools first on PATH, for DVC's and Snakemake's jobs
 mini: install
 	PATH="$(abspath $(BIN)):$$PATH" HF_HUB_OFFLINE=1 dvc repro mini
-	$(BIN)/moe-adapters show results/mini/mini_order1_table.csv
+	$(BIN)/moe-adapters show results/mini/mini_order1_table.csv results/mini/cil_mini_4steps_table.csv
 
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow"

@@ -6,14 +6,17 @@
 
 from snakemake.utils import min_version
 
+from moe_adapters.workflow.configfiles import checked
+
 min_version("8.0")
 
 
 # config/config.yaml unless a config file is given (the mini profile gives config/mini.yaml): files are never
-# stacked, so a run's config is exactly the file it names plus --config.
+# stacked, so a run's config is exactly the file it names plus --config. `checked` reads it first, so that a YAML
+# error names the file and the line (Snakemake's reader names neither).
 if not workflow.overwrite_configfiles:
 
-    configfile: f"{workflow.basedir}/config/config.yaml"
+    configfile: checked(f"{workflow.basedir}/config/config.yaml")
 
 
 report: "workflow/report/workflow.rst"

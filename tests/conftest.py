@@ -71,6 +71,12 @@ def trained_looking(model, std: float = 0.05, seed: int = 7):
     return model.randomize_adapters(std, seed)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def verification_cache(tmp_path_factory):
+    """The hashes the tests' steps verify are cached in the session's folder (their jobs inherit it), not ~/.cache."""
+    os.environ["MOE_ADAPTERS_CACHE"] = str(tmp_path_factory.mktemp("verification_cache"))
+
+
 @pytest.fixture
 def tiny_model():
     torch.manual_seed(0)

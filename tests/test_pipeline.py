@@ -101,7 +101,7 @@ def test_a_tiny_run_end_to_end(trained_run, capsys):
         ("1", "Green", "Green"),
     }
     capsys.readouterr()
-    run("metrics", str(r / "matrix.csv"), "--json")
+    run("metrics", str(r / "matrix.csv"), "--json", "--protocol", str(root / "protocol.yaml"))
     m = json.loads(capsys.readouterr().out)
     assert m["per_dataset"]["Green"]["last"] == pytest.approx(
         round(e1["results"]["Green"]["accuracy"], 1), abs=0.051

@@ -1,7 +1,13 @@
-"""Checkpoint I/O that never executes code: safetensors for results, weights-only torch.load for resume states."""
+"""Checkpoint I/O that never executes code: safetensors for results, weights-only torch.load for resume states.
+
+Every safetensors file written here records its content hash in its metadata (`content_sha256`: SHA-256 over
+the metadata less that key, the tensor table and the tensor bytes); every read checks it (see integrity.py).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import pickle
 from dataclasses import asdict
@@ -9,12 +15,16 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
 
+from . import integrity
 from .fsutil import atomic_path
+from .integrity import DIGEST_KEY
 from .model.moe import MoESpec
 
 FORMAT = "moe-adapters/1"
+# The rule of the workflow that writes each kind of file (named when a file fails its check).
+RULES = {"task": "train_task", "autoencoder": "autoencoder", "features": "features", "backbone": "pretrain"}
 
 
 class CheckpointError(RuntimeError):
@@ -36,11 +46,44 @@ def _meta_from_str(meta: dict[str, str]) -> dict:
     return out
 
 
+def content_digest(f) -> str:
+    """SHA-256 of a safetensors stream's content: its metadata (less the recorded hash), tensor table and bytes."""
+    n = int.from_bytes(f.read(8), "little")
+    header = json.loads(f.read(n))
+    meta = {k: v for k, v in (header.pop("__metadata__", None) or {}).items() if k != DIGEST_KEY}
+    h = hashlib.sha256(json.dumps({"metadata": meta, "tensors": header}, sort_keys=True, separators=(",", ":")).encode())
+    while block := f.read(1 << 22):
+        h.update(block)
+    return h.hexdigest()
+
+
+def _file_content_digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return content_digest(f)
+
+
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Write a safetensors file atomically, with JSON-encoded metadata."""
+    """Write a safetensors file atomically, with JSON-encoded metadata and its content hash."""
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    strings = _meta_to_str({"format": FORMAT, **meta})
+    # the hash of the same file without it (the tensor table and bytes do not depend on the metadata)
+    strings[DIGEST_KEY] = json.dumps(content_digest(io.BytesIO(save(flat, metadata=strings))))
     with atomic_path(path) as tmp:
-        save_file(flat, str(tmp), metadata=_meta_to_str({"format": FORMAT, **meta}))
+        save_file(flat, str(tmp), metadata=strings)
+
+
+def verify_tensors(path: str | Path, meta: dict) -> None:
+    """Check a safetensors file of this project against the content hash it records (files of others, which
+    record none, are not checked: a backbone's identity is its fingerprint)."""
+    if not integrity.enabled() or meta.get("format") != FORMAT:
+        return
+    rule = RULES.get(meta.get("kind"))
+    want = meta.get(DIGEST_KEY)
+    if want is None:
+        raise integrity.unrecorded(path, rule)
+    have = integrity.file_digest(path, "safetensors-content", _file_content_digest)
+    if have != want:
+        raise integrity.mismatch(path, want, have, rule)
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -55,6 +98,8 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as e:  # safetensors raises its own error types for corrupt files
             raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
+        verify_tensors(path, meta)
+        meta.pop(DIGEST_KEY, None)
         return tensors, meta
     obj = safe_torch_load(path)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
@@ -65,15 +110,19 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def read_metadata(path: str | Path) -> dict:
-    """The metadata of a safetensors file without reading its tensors (costs and provenance of big files)."""
+    """The metadata of a safetensors file without loading its tensors (costs and provenance of big files); the
+    file is still checked against its content hash (one read, then cached while the file is unchanged)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist")
     try:
         with safe_open(str(path), framework="pt") as f:
-            return _meta_from_str(f.metadata() or {})
+            meta = _meta_from_str(f.metadata() or {})
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
+    verify_tensors(path, meta)  # its numbers (costs, provenance) are read only from a file as written
+    meta.pop(DIGEST_KEY, None)
+    return meta
 
 
 def safe_torch_load(path: str | Path):
@@ -91,8 +140,8 @@ def safe_torch_load(path: str | Path):
 
 def save_torch(path: str | Path, obj) -> None:
     """torch.save, atomically (for resume states: optimizer state and RNG states)."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file of ours: closed even when the write fails
+        torch.save(obj, f)
 
 
 def spec_dict(spec: MoESpec) -> dict:

@@ -131,8 +131,14 @@ def cmd_params(args) -> int:
 
 
 def cmd_metrics(args) -> int:
-    from .metrics import cil_run_metrics, format_metrics, mtil_metrics, read_cil_csv, read_matrix_csv
-    from .protocol import load_protocol, order_datasets
+    from .metrics import (
+        check_mtil_matrix,
+        cil_run_metrics,
+        format_metrics,
+        mtil_metrics,
+        read_cil_csv,
+        read_matrix_csv,
+    )
 
     if args.cil:
         acc, R = read_cil_csv(args.matrix)
@@ -146,12 +152,7 @@ def cmd_metrics(args) -> int:
         return 0
 
     names, acc = read_matrix_csv(args.matrix)
-    if args.order:
-        want = order_datasets(load_protocol(args.benchmark), args.order)
-        if names != want:
-            raise ValueError(f"{args.matrix}: header {names} is not the dataset order of {args.order} ({want})")
-    if acc.shape[0] != len(names):
-        print(f"note: {acc.shape[0]} rows for {len(names)} datasets (an unfinished run?)", file=sys.stderr)
+    check_mtil_matrix(args.matrix, names, acc, order=args.order, benchmark=args.benchmark, protocol=args.protocol)
     m = mtil_metrics(acc, names)
     print(json.dumps(m) if args.json else format_metrics(m))
     return 0
@@ -218,9 +219,9 @@ def cmd_evaluate(args) -> int:
         raise ConfigError("with --spec, give --data-root")
     evaluate_step(spec, _runtime(args, True), data_root, feats, args.out, args.checkpoint)
     if args.print:
-        from .fsutil import read_json
+        from .integrity import read_evaluation
 
-        for name, r in read_json(args.out)["results"].items():
+        for name, r in read_evaluation(args.out)["results"].items():
             print(f"{name:<16} {r['accuracy']:6.2f}%  batches per route: {r['batch_routes']}")
     return 0
 
@@ -412,6 +413,10 @@ def cmd_show(args) -> int:
 
     for path in args.tables:
         p = Path(path)
+        if p.is_dir():
+            raise ValueError(f"{p} is a directory, not a table (a CSV or Markdown file)")
+        if not p.read_text().strip():
+            raise ValueError(f"{p} is empty")
         text = p.read_text() if p.suffix == ".md" else format_table(p)
         print(f"{path}\n{text}\n")
     return 0
@@ -449,8 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("metrics", help="Transfer / Avg / Last from an accuracy matrix CSV")
     sp.add_argument("matrix")
-    sp.add_argument("--order", help="check the header against this order of the protocol (order1, order2)")
-    sp.add_argument("--benchmark", default="mtil", choices=["mtil", "mini"])
+    sp.add_argument("--order", help="the order the header must be (order1, order2; default: the order it is)")
+    sp.add_argument("--benchmark", choices=["mtil", "mini"], help="the protocol of the order (default: either)")
+    sp.add_argument("--protocol", help="a protocol file of your own (the config's `protocol`) whose orders to match")
     sp.add_argument("--cil", action="store_true", help="a class-incremental ACC.csv: step,accuracy,task_0,...")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_metrics)
@@ -683,12 +689,33 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"moe-adapters {args.command}: error: {msg}", file=sys.stderr)
+        report_error(args.command, e.args[0] if isinstance(e, KeyError) and e.args else e)
         return 2
-    except RuntimeError as e:
-        print(f"moe-adapters {args.command}: error: {e}", file=sys.stderr)
+    except (RuntimeError, OSError) as e:  # OSError: a full disk (fsutil.DiskFullError) among others
+        report_error(args.command, e)
         return 1
+
+
+def report_error(command: str, msg) -> None:
+    """One line on stderr, and on the error descriptor Snakemake's jobs pass (MOE_ADAPTERS_ERROR_FD): a job's
+    stderr is its log, which may be what could not be written (a full disk), and the terminal shows the line."""
+    line = f"moe-adapters {command}: error: {msg}\n"
+    fd = os.environ.get("MOE_ADAPTERS_ERROR_FD")
+    if fd and fd.isdigit():
+        try:
+            same = os.path.samestat(os.fstat(int(fd)), os.fstat(2))
+        except OSError:
+            same = False
+        try:
+            if not same:
+                os.write(int(fd), line.encode())
+        except OSError:
+            pass
+    try:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+    except OSError:  # the log itself is on the full disk
+        pass
 
 
 if __name__ == "__main__":

@@ -462,7 +462,7 @@ def _resolve(cfg: dict) -> RunConfig:
         raise ConfigError(f"config key 'model.top_k': {m['top_k']} exceeds model.num_experts={m['num_experts']}")
     if t["freeze_top"] > m["num_experts"]:
         raise ConfigError(f"config key 'train.freeze_top': {t['freeze_top']} exceeds model.num_experts={m['num_experts']}")
-    known = [*generic_datasets(cfg["benchmark"], proto), *proto["datasets"]]
+    known = list(dict.fromkeys([*generic_datasets(cfg["benchmark"], proto), *proto["datasets"]]))
     if d["generic_dataset"] not in known:
         known = ", ".join(known)
         raise ConfigError(f"config key 'ddas.generic_dataset': {d['generic_dataset']!r} is not a dataset of the {name} protocol (known: {known})")
@@ -591,6 +591,9 @@ def read_yaml(path: str | Path) -> dict:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+        if context and start and mark and start.line != mark.line:  # where the construct that broke began
+            problem += f" ({context} at line {start.line + 1}, column {start.column + 1})"
         raise ConfigError(f"config file {p} is not valid YAML{where}: {problem}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {p}: the top level must be a mapping of keys to values")

@@ -169,13 +169,31 @@ def read_cil_csv(path: str | Path) -> tuple[list[float], np.ndarray]:
     return acc, R
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def read_matrix_csv(path: str | Path) -> tuple[list[str], np.ndarray]:
     """Read MATRIX.csv: a header of dataset names in training order, then one row per task (percent)."""
-    text = Path(path).read_text()
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not an accuracy matrix (a CSV file)")
+    text = path.read_text()
+    if not text.strip():
+        raise ValueError(f"{path} is empty: an accuracy matrix has a header row of dataset names, then a row per task")
     rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
     if len(rows) < 2:
         raise ValueError(f"{path}: needs a header row of dataset names and at least one row of accuracies")
     header = [c.strip() for c in rows[0]]
+    if all(_is_number(c) for c in header):
+        raise ValueError(
+            f"{path}: the first row holds numbers, not dataset names: the file has no header row (its first "
+            "row must name the datasets in training order)"
+        )
     if len(set(header)) != len(header):
         raise ValueError(f"{path}: duplicate dataset names in the header")
     values = []
@@ -190,6 +208,88 @@ def read_matrix_csv(path: str | Path) -> tuple[list[str], np.ndarray]:
     if np.any(acc < 0) or np.any(acc > 100):
         raise ValueError(f"{path}: accuracies must be percentages in [0, 100]")
     return header, acc
+
+
+# ---------------------------------------------------------------- does the matrix fit its protocol?
+# One check per setting: `check_mtil_matrix` for MTIL (a square matrix whose header is an order of a protocol).
+# A class-incremental matrix (`metrics --cil`) gets its own check beside it; both end in `check_rows`.
+
+PROTOCOLS = ("mtil", "mini")
+
+
+def known_orders(benchmark: str | None = None, protocol: str | Path | None = None) -> dict[tuple[str, str], list[str]]:
+    """(benchmark, order) -> dataset names in training order: of a user's protocol file, of one benchmark's
+    packaged protocol, or of all of them."""
+    from .protocol import load_protocol
+
+    if protocol is not None:
+        return {(str(protocol), o): list(names) for o, names in load_protocol("mtil", protocol)["orders"].items()}
+    return {
+        (b, o): list(names)
+        for b in ([benchmark] if benchmark else PROTOCOLS)
+        for o, names in load_protocol(b)["orders"].items()
+    }
+
+
+def _scope(benchmark: str | None, protocol: str | Path | None = None) -> str:
+    if protocol is not None:
+        return f"the protocol {protocol}"
+    return f"the {benchmark} protocol" if benchmark else f"the {' or '.join(PROTOCOLS)} protocols"
+
+
+def _listing(orders: dict[tuple[str, str], list[str]]) -> str:
+    return "; ".join(f"{b} {o}: {','.join(names)}" for (b, o), names in orders.items())
+
+
+def check_rows(path: str | Path, acc: np.ndarray, tasks: int, setting: str) -> None:
+    """One row per task, after each task in training order: no more (another run's rows?), no fewer (unfinished)."""
+    if acc.shape[0] != tasks:
+        why = "an unfinished run" if acc.shape[0] < tasks else "rows beyond the last task"
+        raise ValueError(
+            f"{path}: {acc.shape[0]} rows for the {tasks} tasks of {setting} ({why}?); an accuracy matrix has "
+            "one row per task, the accuracies after that task"
+        )
+
+
+def check_mtil_matrix(
+    path: str | Path,
+    names: list[str],
+    acc: np.ndarray,
+    *,
+    order: str | None = None,
+    benchmark: str | None = None,
+    protocol: str | Path | None = None,
+) -> tuple[str, str]:
+    """The (benchmark, order) whose datasets the header names, in their order; the matrix must be square.
+
+    Without `order` (and `benchmark`), every order of every packaged protocol is a candidate (with `protocol`,
+    every order of that file); none matching is an error.
+    """
+    orders = known_orders(benchmark, protocol)
+    scope = _scope(benchmark, protocol)
+    candidates = {k: v for k, v in orders.items() if order is None or k[1] == order}
+    if not candidates:
+        raise ValueError(f"{path}: {scope} has no order {order!r} ({_listing(orders)})")
+    known = {n for v in orders.values() for n in v}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        listed = ", ".join(repr(n) for n in unknown)
+        raise ValueError(
+            f"{path}: {listed} {'is no dataset' if len(unknown) == 1 else 'are no datasets'} of {scope} "
+            f"(its orders: {_listing(candidates)})"
+        )
+    match = [k for k, v in candidates.items() if v == names]
+    if not match:
+        same = [f"{b} {o}" for (b, o), v in candidates.items() if sorted(v) == sorted(names)]
+        hint = f": it holds the datasets of {' and '.join(same)} in another order" if same else ""
+        wanted = f"the dataset order of {order}" if order else f"an order of {scope}"
+        raise ValueError(
+            f"{path}: the header {','.join(names)} is not {wanted}{hint} "
+            f"(no order matches; known: {_listing(candidates)})"
+        )
+    b, o = match[0]
+    check_rows(path, acc, len(names), f"{b} {o}")
+    return b, o
 
 
 def matrix_csv_text(names: Sequence[str], acc: np.ndarray) -> str:

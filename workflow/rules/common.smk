@@ -67,8 +67,11 @@ TRAINED_RUN = (
 )
 # Jobs run the CLI of the Python running Snakemake, whatever PATH says; OpenMP threads wait passively, since
 # jobs share the cores (spinning waits made small ops hundreds of times slower there; results are the same).
+# A job's output goes to its log, which may be the very file that cannot be written (a full disk): descriptor 3
+# stays Snakemake's stderr, and the CLI writes its one-line error there too (MOE_ADAPTERS_ERROR_FD).
 shell.prefix(
     f'export PATH="{Path(sys.executable).parent}:$PATH" OMP_WAIT_POLICY="${{{{OMP_WAIT_POLICY:-PASSIVE}}}}"; '
+    "exec 3>&2; export MOE_ADAPTERS_ERROR_FD=3; "
 )
 
 

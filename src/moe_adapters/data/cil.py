@@ -19,8 +19,9 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .. import integrity
 from ..fsutil import read_json, write_json
-from .prepared import DataMissingError, PreparedDataset, save_array, sha256_file
+from .prepared import DataMissingError, PreparedDataset, load_npy, save_array
 
 FORMAT = "moe-adapters-cil/1"
 
@@ -86,14 +87,19 @@ class CILView:
         return list(self.meta["classnames"])
 
     def verify(self) -> None:
-        for fname, want in self.meta["sha256"].items():
-            have = sha256_file(self.folder / fname)
-            if have != want:
-                raise ValueError(f"{self.folder / fname}: checksum mismatch (have {have[:12]}, recorded {want[:12]})")
+        for fname in self.meta["sha256"]:
+            self._check(fname)
+
+    def _check(self, fname: str) -> None:
+        integrity.verify_file(self.folder / fname, self.meta["sha256"].get(fname), "prepare_cil", self.folder / "meta.json")
+
+    def _load(self, fname: str) -> np.ndarray:
+        self._check(fname)
+        return load_npy(self.folder / fname, "r", self.folder / "meta.json")
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        load = lambda f: np.load(self.folder / f, mmap_mode="r", allow_pickle=False)  # noqa: E731
-        return load(f"{split}_images.npy"), load(f"{split}_labels.npy")
+        """A split's images and labels, each checked against the SHA-256 recorded when the view was written."""
+        return self._load(f"{split}_images.npy"), self._load(f"{split}_labels.npy")
 
     def subset(self, split: str, classes: Sequence[int], class_order: Sequence[int]) -> Dataset:
         """The `split` samples whose remapped label (position of their class in `class_order`) is in `classes`."""

@@ -7,11 +7,11 @@ A prepared dataset is a folder:
   train_images.npy   uint8 [M, H, W, 3] and train_labels.npy, when the train split is stored as an array
   *.npy              further arrays (split index lists, few-shot index lists), each with its SHA-256 in meta.json
 The evaluation cache means a test image is decoded and resized once, however many checkpoints are evaluated.
+Every array is checked against its recorded SHA-256 when a step first reads it (see integrity.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -21,7 +21,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .. import integrity
 from ..fsutil import atomic_path, read_json, write_json
+from ..integrity import sha256_file
 from .batches import ArrayImageDataset, TaskData
 from .transforms import normalize_uint8
 
@@ -32,12 +34,22 @@ class DataMissingError(FileNotFoundError):
     """A dataset has not been prepared (or fetched) yet."""
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+__all__ = ["DataMissingError", "PreparedDataset", "load_npy", "save_array", "sha256_file", "write_prepared"]
+REBUILT_BY = "prepare"
+
+
+def load_npy(path: str | Path, mmap_mode: str | None = "r", meta: str | Path | None = None) -> np.ndarray:
+    """np.load without pickles, whose errors name the file (numpy's own name none)."""
+    path = Path(path)
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except FileNotFoundError:
+        raise integrity.unreadable(path, "is missing", REBUILT_BY, meta) from None
+    except (ValueError, OSError, EOFError) as e:
+        with open(path, "rb") as f:
+            npy = f.read(6) == b"\x93NUMPY"
+        why = f"is not a readable .npy array ({e})" if npy else "is not a .npy file (no .npy header)"
+        raise integrity.unreadable(path, why, REBUILT_BY, meta) from None
 
 
 def save_array(path: Path, arr: np.ndarray) -> str:
@@ -121,7 +133,8 @@ def write_prepared(
 class PreparedDataset:
     """Read access to a prepared dataset folder; arrays are memory-mapped."""
 
-    def __init__(self, folder: str | Path, verify: bool = False):
+    def __init__(self, folder: str | Path, verify: bool = True):
+        """`verify`: check each array against its recorded SHA-256 when it is first read (see integrity.py)."""
         self.folder = Path(folder)
         meta_path = self.folder / "meta.json"
         if not meta_path.is_file():
@@ -129,24 +142,28 @@ class PreparedDataset:
         self.meta = read_json(meta_path)
         if self.meta.get("format") != FORMAT:
             raise ValueError(f"{meta_path}: unknown format {self.meta.get('format')!r}")
-        if verify:
-            self.verify()
+        self.meta_path = meta_path
+        self.verify_reads = verify
+
+    def check(self, fname: str) -> None:
+        """Check one array against the SHA-256 `prepare` recorded for it."""
+        if not self.verify_reads:
+            return
+        want = (self.meta.get("sha256") or {}).get(fname)
+        integrity.verify_file(self.folder / fname, want, REBUILT_BY, self.meta_path)
 
     def verify(self) -> None:
         """Check every array against its recorded SHA-256."""
-        for fname, want in self.meta["sha256"].items():
-            have = sha256_file(self.folder / fname)
-            if have != want:
-                raise ValueError(
-                    f"{self.folder / fname}: checksum mismatch (have {have[:12]}, recorded {want[:12]})"
-                )
+        for fname in self.meta["sha256"]:
+            integrity.verify_file(self.folder / fname, self.meta["sha256"][fname], REBUILT_BY, self.meta_path)
 
     @property
     def name(self) -> str:
         return self.meta["name"]
 
-    def _load(self, fname: str) -> np.ndarray:
-        return np.load(self.folder / fname, mmap_mode="r", allow_pickle=False)
+    def _load(self, fname: str, mmap_mode: str | None = "r") -> np.ndarray:
+        self.check(fname)
+        return load_npy(self.folder / fname, mmap_mode, self.meta_path)
 
     def test_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         return self._load("test_images.npy"), self._load("test_labels.npy")
@@ -177,7 +194,7 @@ class PreparedDataset:
         if kind == "torchvision":
             from .mtil.readers import torchvision_train_split
 
-            return torchvision_train_split(self.meta, self.folder)
+            return torchvision_train_split(self.meta, self.folder, lambda f: self._load(f, None))
         raise ValueError(f"{self.folder}: unknown train source {kind!r}")
 
     def task_data(self) -> TaskData:

@@ -24,6 +24,10 @@ class MissingWeightsError(FileNotFoundError):
     """Pretrained backbone weights are not on this machine."""
 
 
+class BadWeightsError(ValueError):
+    """A backbone weights file that is not weights the model can load."""
+
+
 def register_model_configs() -> None:
     """Make the project's own open_clip model configs (the tiny test/mini models) known to open_clip."""
     cfg_dir = resources.files("moe_adapters") / "model_configs"
@@ -87,6 +91,13 @@ def create_backbone(spec: BackboneSpec, device: str | torch.device = "cpu") -> o
     """Build the open_clip CLIP backbone (frozen, eval mode) from a spec, offline."""
     register_model_configs()
     weights = _resolve_pretrained(spec)
+    if weights is not None and weights.endswith(".safetensors"):
+        from ..checkpoint import CheckpointError, read_metadata
+
+        try:
+            read_metadata(weights)  # the mini's own CLIP (rule pretrain): checked against its content hash
+        except CheckpointError as e:
+            raise BadWeightsError(f"model.pretrained: {e}") from None
     quiet = logging.getLogger().level
     if weights is None:  # random weights are asked for: open_clip's warning about them is noise
         logging.getLogger().setLevel(logging.ERROR)
@@ -101,6 +112,16 @@ def create_backbone(spec: BackboneSpec, device: str | torch.device = "cpu") -> o
                 device=device,
                 require_pretrained=weights is not None,
             )
+    except Exception as e:
+        if weights is None:
+            raise
+        detail = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:160]  # its first sentence
+        if not os.path.getsize(weights):
+            detail = "the file is empty"
+        raise BadWeightsError(
+            f"model.pretrained: {weights} is not a weights file open_clip can load into {spec.name} "
+            f"({type(e).__name__}{': ' + detail if detail else ''})"
+        ) from e
     finally:
         logging.getLogger().setLevel(quiet)
     if not isinstance(model, open_clip.CLIP):

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ..fsutil import read_json
+from ..integrity import read_evaluation
 
 COLUMNS = (
     "stage",
@@ -88,7 +89,7 @@ def collect_costs(
         meta = read_metadata(path)
         rows.append(cost_row("evaluation", f"features: {meta['dataset']}", meta))
     for path in evaluations:
-        ev = read_json(path)
+        ev = read_evaluation(path)
         if "task" in ev:
             what = "zero-shot CLIP" if ev["task"] is None else f"task {ev['task']}: {ev['trained_on']}"
         else:  # a class-incremental evaluation

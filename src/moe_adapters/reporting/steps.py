@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..config import IMPORTED_VARIANT, format_deviations
 from ..fsutil import read_json, write_json, write_text
+from ..integrity import read_evaluation
 from ..steps.specs import ReportSpec
 
 ZERO_SHOT_ROUTE = -1  # model.moe.ZERO_SHOT, without importing torch
@@ -53,7 +54,7 @@ def matrix_step(spec: ReportSpec, evals: Sequence[str | Path], out_matrix: str |
         raise ValueError(f"{len(evals)} evaluations for the {len(names)} tasks of {spec.run}")
     rows, routing = [], ["after_task,trained_on,dataset,route,batches,share"]
     for i, path in enumerate(evals):
-        ev = read_json(path)
+        ev = read_evaluation(path)
         if ev["task"] != i:
             raise ValueError(f"{path} is the evaluation of task {ev['task']}, expected task {i}")
         rows.append([ev["results"][n]["accuracy"] for n in names])
@@ -88,7 +89,7 @@ def table_step(
         raise ValueError(f"{matrix}: columns {names} are not the datasets of {spec.run} ({list(spec.datasets)})")
     if acc.shape[0] != len(names):
         raise ValueError(f"{matrix}: {acc.shape[0]} rows for {len(names)} tasks; the run is not complete")
-    zs = read_json(zero_shot)["results"]
+    zs = read_evaluation(zero_shot)["results"]
     zs_acc = [zs[n]["accuracy"] for n in names]
     cost_rows = read_costs(costs) if costs is not None else None
     prov = provenance_of(spec, cost_rows)
@@ -151,7 +152,7 @@ def figures_step(
     from . import figures
 
     names, acc = read_matrix_csv(matrix)
-    zs_eval = read_json(zero_shot)
+    zs_eval = read_evaluation(zero_shot)
     zs = [zs_eval["results"][n]["accuracy"] for n in names]
     dpi = spec.report.figure_dpi
     figures.save_figure(figures.accuracy_matrix_figure(names, acc, title=title(spec)), matrix_figure, dpi)
@@ -228,7 +229,7 @@ def cil_matrix_step(spec: ReportSpec, evals: Sequence[str | Path], out: str | Pa
     from ..metrics import cil_csv_text
     from ..steps.cil import accuracy_matrix
 
-    acc, R = accuracy_matrix([read_json(p) for p in evals], len(evals))
+    acc, R = accuracy_matrix([read_evaluation(p) for p in evals], len(evals))
     write_text(out, cil_csv_text(acc, R))
     return Path(out)
 
@@ -250,7 +251,7 @@ def cil_table_step(
     from .tables import cil_paper_means, cil_rows, cil_table_markdown, table_csv_rows
 
     acc, R = read_cil_csv(accuracy)
-    zs_acc, zs_R = accuracy_matrix([read_json(zero_shot)] * len(acc), len(acc))  # one file: every step's results
+    zs_acc, zs_R = accuracy_matrix([read_evaluation(zero_shot)] * len(acc), len(acc))  # one file: every step's
     ours, zs = cil_run_metrics(acc, R), cil_run_metrics(zs_acc, zs_R)
     paper = cil_paper_means(spec.setting)
     rows = cil_rows(ours, zs, paper)
@@ -272,6 +273,6 @@ def cil_figure_step(spec: ReportSpec, accuracy: str | Path, zero_shot: str | Pat
     from . import figures
 
     acc, _ = read_cil_csv(accuracy)
-    zs_acc, _ = accuracy_matrix([read_json(zero_shot)] * len(acc), len(acc))
+    zs_acc, _ = accuracy_matrix([read_evaluation(zero_shot)] * len(acc), len(acc))
     fig = figures.cil_curves_figure(acc, zs_acc, title=title(spec))
     return figures.save_figure(fig, out, spec.report.figure_dpi)

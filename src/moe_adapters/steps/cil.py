@@ -24,6 +24,7 @@ from ..data.batches import TaskData
 from ..data.cil import CILView, cifar100_view, mini_view, names_in_order, tinyimagenet_view
 from ..data.transforms import eval_transform, train_transform
 from ..fsutil import write_json
+from ..integrity import seal
 from ..model.clip import tokenizer_for
 from ..model.moe import ZERO_SHOT
 from ..training.loop import ResumableRun
@@ -225,15 +226,7 @@ def cil_evaluate_step(
     results = [accuracy_after(model, tok, view, spec, s + 1, route, device, workers) for s in steps]
     for r in results:
         log.info("after step %d: %.2f%% on %d classes", r["after_step"], r["accuracy"], r["classes"])
-    write_json(
-        out,
-        {
-            "step": spec.step,
-            "results": results,
-            "cost": cost(start, device),
-            **provenance(spec),
-        },
-    )
+    write_json(out, seal({"step": spec.step, "results": results, "cost": cost(start, device), **provenance(spec)}))
     return Path(out)
 
 

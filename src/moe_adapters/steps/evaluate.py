@@ -15,6 +15,7 @@ from ..checkpoint import CheckpointError, load_autoencoder, load_task_checkpoint
 from ..data.prepared import PreparedDataset
 from ..evaluation import ddas_mse, evaluate_dataset, image_features, text_head
 from ..fsutil import write_json
+from ..integrity import seal
 from ..model.clip import tokenizer_for
 from ..model.ddas import DDASOptions, decide_routes
 from ..model.moe import ZERO_SHOT
@@ -142,13 +143,15 @@ def evaluate_step(
         log.info("task %s on %s: %.2f%%", spec.task, name, res.accuracy)
     write_json(
         out,
-        {
-            "task": spec.task,
-            "trained_on": None if spec.task is None else spec.datasets[spec.task],
-            "results": results,
-            "cost": cost(start, device),
-            **provenance(spec),
-        },
+        seal(
+            {
+                "task": spec.task,
+                "trained_on": None if spec.task is None else spec.datasets[spec.task],
+                "results": results,
+                "cost": cost(start, device),
+                **provenance(spec),
+            }
+        ),
     )
     return Path(out)
 

@@ -14,6 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..checkpoint import CheckpointError, safe_torch_load, save_torch
+from ..fsutil import remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -98,5 +99,7 @@ class ResumableRun:
         )
 
     def discard(self) -> None:
-        if self.path is not None and self.path.exists():
-            self.path.unlink()
+        """The step is done: its resume state goes, and what an interrupted write of one left behind."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+            remove_stale_temporaries(self.path)

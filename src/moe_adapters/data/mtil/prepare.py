@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ...fsutil import make_temp, remove_stale_temps
 from ..prepared import write_prepared
 from .decode import build_eval_cache, check_train_decodes
 from .fetch import fetch_and_verify, record_trust
@@ -137,9 +136,8 @@ def prepare_dataset(
     size = image_size
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".test_images.", suffix=".npy.tmp", dir=out)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    remove_stale_temps(out, ".test_images.", ".npy.tmp")  # the evaluation cache of a prepare that was killed
+    tmp = make_temp(out, ".test_images.", ".npy.tmp")
     try:
         test_labels = build_eval_cache(dataset, test_src, test_idx, size, workers, tmp)
         train_targets = train_src.labels[train_idx]

@@ -3,6 +3,7 @@ split: the dataset, its sample paths, labels and classes; and the train split re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 
-from ..prepared import DataMissingError
+from ..prepared import DataMissingError, load_npy
 from .pins import DatasetSizeError
 
 
@@ -145,10 +146,15 @@ class TrainSplit(Dataset):
         return img.convert("RGB"), int(label)
 
 
-def torchvision_train_split(meta: dict, folder: str | Path | None = None) -> Dataset:
-    """Re-open the raw train split recorded in meta["train"], checked against the stored index and label lists."""
+def torchvision_train_split(
+    meta: dict, folder: str | Path | None = None, load: Callable[[str], np.ndarray] | None = None
+) -> Dataset:
+    """Re-open the raw train split recorded in meta["train"], checked against the stored index and label lists
+    (read with `load`, the prepared dataset's checked reader, when given)."""
     t = meta["train"]
     folder = Path(folder) if folder is not None else Path(t.get("folder", "."))
+    if load is None:
+        load = lambda fname: load_npy(folder / fname, None)  # noqa: E731
     root = Path(t["root"])
     if not root.is_dir():  # the data folder moved (another checkout): raw/ beside the prepared folder
         alt = folder.parent / "raw" / t["dataset"]
@@ -158,8 +164,8 @@ def torchvision_train_split(meta: dict, folder: str | Path | None = None) -> Dat
     src = open_source(t["reader"], root, t["args"])
     if len(src) != t["full_size"]:
         raise DatasetSizeError(f"{meta['name']}: {len(src)} samples at {root}, prepared with {t['full_size']}")
-    idx = np.load(folder / t["index_file"], allow_pickle=False)
-    targets = np.load(folder / t["targets_file"], allow_pickle=False)
+    idx = load(t["index_file"])
+    targets = load(t["targets_file"])
     if not np.array_equal(src.labels[idx], targets):
         raise DatasetSizeError(f"{meta['name']}: the raw data at {root} no longer matches the prepared split")
     return TrainSplit(src.ds, idx)
