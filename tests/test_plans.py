@@ -32,6 +32,13 @@ def reporting(run=RUN, everything=True):
 
 
 LEDGER = {job("ledger")}
+# the mini's class-incremental run (part of its default target; 4 steps in the reduced mini) reads the model's
+# shared settings, the seed, the speed switches and the report layout too
+CIL = "cil_mini_4steps"
+CIL_REPORTING = {job(r, run=CIL) for r in ("run_config", "cil_matrix", "cil_costs", "cil_table", "cil_figure")}
+CIL_TRAINING = {job("cil_train", run=CIL, k=k) for k in range(4)}
+CIL_EVALUATION = {job("cil_evaluate", run=CIL, k=k) for k in range(4)}
+CIL_ZERO_SHOT = {job("cil_zero_shot", run=CIL)}
 TRAINING = {job("train_task", run=RUN, k=k) for k in TASKS}
 EVALUATION = {job("evaluate", run=RUN, k=k) for k in TASKS}
 ZERO_SHOT = {job("evaluate_zero_shot", run=RUN)}
@@ -57,7 +64,8 @@ def plan(repo, *args):
     [
         # a training key: training from task 0, then evaluation and reporting
         ('train={"label_smoothing": 0.1}', TRAINING | EVALUATION | reporting() | LEDGER),
-        ('model={"expert_dropout": 0.0}', TRAINING | EVALUATION | reporting() | LEDGER),
+        ('model={"expert_dropout": 0.0}',
+         TRAINING | EVALUATION | reporting() | LEDGER | CIL_TRAINING | CIL_EVALUATION | CIL_REPORTING),
         # a per-dataset learning rate: training from that dataset's task on
         ('train={"lr": {"Faces": 0.002}}', {job("train_task", run=RUN, k=1), job("evaluate", run=RUN, k=1)} | reporting() | LEDGER),
         # the decision of DDAS and the evaluation batch: evaluation and reporting only
@@ -69,7 +77,9 @@ def plan(repo, *args):
         ('ddas={"iterations": 12}', {job("autoencoder", run=RUN, k=k) for k in (1, 2)} | FEATURES | EVALUATION | ZERO_SHOT | reporting() | LEDGER),
         ('ddas={"lr": 0.02}', {job("autoencoder", run=RUN, k=k) for k in (0, 1, 2)} | FEATURES | EVALUATION | ZERO_SHOT | reporting() | LEDGER),
         # a reporting key: reporting only
-        ('report={"figure_dpi": 80}', reporting() | LEDGER),
+        ('report={"figure_dpi": 80}', reporting() | LEDGER | CIL_REPORTING),
+        # a key of the class-incremental setting only: that run, nothing of the MTIL one
+        ('cil={"eval_noise": false}', CIL_EVALUATION | CIL_REPORTING | LEDGER),
         # speed-ups that are exact by test: nothing
         ('speed={"batched_experts": false, "truncate_text": false}', set()),
         ('train={"num_workers": 1, "checkpoint_every": 7}', set()),
@@ -83,7 +93,7 @@ def test_a_numeric_speed_switch_reruns_what_it_affects(finished):
     got = plan(finished, "--config", 'speed={"tf32": true}')
     assert got == TRAINING | EVALUATION | ZERO_SHOT | FEATURES | {
         job("autoencoder", run=RUN, k=k) for k in (0, 1, 2)
-    } | reporting() | LEDGER
+    } | reporting() | LEDGER | CIL_TRAINING | CIL_EVALUATION | CIL_ZERO_SHOT | CIL_REPORTING
 
 
 def tree_digest(root, paths):
@@ -96,7 +106,7 @@ def tree_digest(root, paths):
 
 
 def test_a_threshold_variant_plans_its_evaluations_only_and_leaves_the_baseline_alone(finished):
-    variant = f"{RUN}-thr0.03"
+    variant = f"{RUN}-thr0.01"
     target = f"results/mini/{variant}_table.csv"
     want = {job("evaluate", run=variant, k=k) for k in TASKS} | reporting(variant, everything=False)
     assert plan(finished, target) == want

@@ -486,7 +486,7 @@ def cil_evaluate_spec(rc: RunConfig, step: int | None) -> CILEvaluateSpec:
         backbone=backbone_of(rc),
         model=cil_model(rc) if step is not None else None,
         prompt_template=c.prompt_template,
-        eval_noise=c.eval_noise,
+        eval_noise=c.eval_noise if step is not None else False,  # zero-shot CLIP has no gates to be noisy
         eval_transform=c.eval_transform,
         batch_size=c.eval_batch_size,
         seed=rc.train.seed,
