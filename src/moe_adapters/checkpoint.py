@@ -6,7 +6,6 @@ the metadata less that key, the tensor table and the tensor bytes); every read c
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import pickle
@@ -17,49 +16,20 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save, save_file
 
-from . import integrity
+from .artifacts import (  # noqa: F401  (re-exported: the torch-free readers of these files)
+    FORMAT,
+    RULES,
+    CheckpointError,
+    _meta_from_str,
+    _meta_to_str,
+    content_digest,
+    load_arrays,
+    read_metadata,
+    verify_tensors,
+)
 from .fsutil import atomic_path
 from .integrity import DIGEST_KEY
 from .model.moe import MoESpec
-
-FORMAT = "moe-adapters/1"
-# The rule of the workflow that writes each kind of file (named when a file fails its check).
-RULES = {"task": "train_task", "autoencoder": "autoencoder", "features": "features", "backbone": "pretrain"}
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is unreadable, unsafe, or does not belong to the model at hand."""
-
-
-def _meta_to_str(meta: dict) -> dict[str, str]:
-    # Strings too are JSON-encoded: a raw commit such as 5826e69 would read back as the number 5.826e+72.
-    return {k: json.dumps(v, sort_keys=True) for k, v in meta.items()}
-
-
-def _meta_from_str(meta: dict[str, str]) -> dict:
-    out = {}
-    for k, v in meta.items():
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:  # a raw string (files written before every value was JSON)
-            out[k] = v
-    return out
-
-
-def content_digest(f) -> str:
-    """SHA-256 of a safetensors stream's content: its metadata (less the recorded hash), tensor table and bytes."""
-    n = int.from_bytes(f.read(8), "little")
-    header = json.loads(f.read(n))
-    meta = {k: v for k, v in (header.pop("__metadata__", None) or {}).items() if k != DIGEST_KEY}
-    h = hashlib.sha256(json.dumps({"metadata": meta, "tensors": header}, sort_keys=True, separators=(",", ":")).encode())
-    while block := f.read(1 << 22):
-        h.update(block)
-    return h.hexdigest()
-
-
-def _file_content_digest(path: str) -> str:
-    with open(path, "rb") as f:
-        return content_digest(f)
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -70,20 +40,6 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict)
     strings[DIGEST_KEY] = json.dumps(content_digest(io.BytesIO(save(flat, metadata=strings))))
     with atomic_path(path) as tmp:
         save_file(flat, str(tmp), metadata=strings)
-
-
-def verify_tensors(path: str | Path, meta: dict) -> None:
-    """Check a safetensors file of this project against the content hash it records (files of others, which
-    record none, are not checked: a backbone's identity is its fingerprint)."""
-    if not integrity.enabled() or meta.get("format") != FORMAT:
-        return
-    rule = RULES.get(meta.get("kind"))
-    want = meta.get(DIGEST_KEY)
-    if want is None:
-        raise integrity.unrecorded(path, rule)
-    have = integrity.file_digest(path, "safetensors-content", _file_content_digest)
-    if have != want:
-        raise integrity.mismatch(path, want, have, rule)
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -107,22 +63,6 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold a flat dict of tensors")
     return obj, {}
-
-
-def read_metadata(path: str | Path) -> dict:
-    """The metadata of a safetensors file without loading its tensors (costs and provenance of big files); the
-    file is still checked against its content hash (one read, then cached while the file is unchanged)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = _meta_from_str(f.metadata() or {})
-    except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
-    verify_tensors(path, meta)  # its numbers (costs, provenance) are read only from a file as written
-    meta.pop(DIGEST_KEY, None)
-    return meta
 
 
 def safe_torch_load(path: str | Path):

@@ -197,7 +197,7 @@ def cmd_features(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .checkpoint import read_metadata
+    from .artifacts import read_metadata
     from .steps.evaluate import evaluate_step
 
     task = args.task

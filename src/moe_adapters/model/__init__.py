@@ -1,32 +1,3 @@
-"""The model: CLIP with a MoE adapter in every block (moe, clip) and the DDAS auto-selector (ddas)."""
-
-from .clip import BackboneSpec, MissingWeightsError, MoECLIP, build_model, create_backbone, tokenizer_for
-from .ddas import (
-    Autoencoder,
-    DDASOptions,
-    build_feature_extractor,
-    decide_routes,
-    feature_dim,
-    init_autoencoder,
-)
-from .moe import ZERO_SHOT, Expert, MoELayer, MoESpec, noisy_top_k_gating
-
-__all__ = [
-    "ZERO_SHOT",
-    "Autoencoder",
-    "BackboneSpec",
-    "DDASOptions",
-    "Expert",
-    "MissingWeightsError",
-    "MoECLIP",
-    "MoELayer",
-    "MoESpec",
-    "build_feature_extractor",
-    "build_model",
-    "create_backbone",
-    "decide_routes",
-    "feature_dim",
-    "init_autoencoder",
-    "noisy_top_k_gating",
-    "tokenizer_for",
-]
+"""The model: CLIP with a MoE adapter in every block (moe: experts, routers, gating; clip: the MoECLIP wrapper
+around open_clip) and the DDAS auto-selector (ddas: feature extractors, autoencoders, the routing decision).
+Import the submodules: moe has no dependency but torch, so code that needs only the adapter's shape stays light."""

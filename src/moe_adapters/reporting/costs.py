@@ -67,7 +67,7 @@ def collect_costs(
     evaluations: Sequence[str | Path] = (),
 ) -> list[dict]:
     """Every step's cost, in the order the workflow runs them."""
-    from ..checkpoint import read_metadata
+    from ..artifacts import read_metadata
 
     rows = []
     if pretrained is not None:

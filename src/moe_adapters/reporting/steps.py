@@ -162,16 +162,16 @@ def figures_step(
 
 def expert_figure_step(spec: ReportSpec, checkpoint: str | Path, out: str | Path) -> Path:
     """How often each expert of each layer was selected while training one task, from the task's checkpoint."""
-    from ..checkpoint import CheckpointError, load_tensors
+    from ..artifacts import CheckpointError, load_arrays
     from . import figures
 
-    tensors, meta = load_tensors(checkpoint)
+    tensors, meta = load_arrays(checkpoint)  # NumPy, no torch: this job starts in a fraction of a second
     if meta.get("kind") != "task":
         raise CheckpointError(f"{checkpoint} is not a task checkpoint (kind={meta.get('kind')!r})")
-    counts = {k.split(".", 1)[1]: v.numpy() for k, v in tensors.items() if k.startswith("counts.")}
+    counts = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("counts.")}
     if not counts:
         raise CheckpointError(f"{checkpoint} holds no selection counts (counts.visual, counts.text)")
-    frozen = {k.split("_", 1)[1]: v.numpy() for k, v in tensors.items() if k in ("frozen_visual", "frozen_text")}
+    frozen = {k.split("_", 1)[1]: v for k, v in tensors.items() if k in ("frozen_visual", "frozen_text")}
     head = f"{title(spec)}\ntask {meta['task']} ({meta['dataset']}): training samples routed to each expert, per layer"
     fig = figures.expert_counts_figure(counts, frozen or None, title=head, scale=spec.report.expert_color_scale)
     return figures.save_figure(fig, out, spec.report.figure_dpi)
@@ -226,8 +226,8 @@ def ablation_step(
 
 def cil_matrix_step(spec: ReportSpec, evals: Sequence[str | Path], out: str | Path) -> Path:
     """ACC.csv of a class-incremental run (step, accuracy on all seen classes, accuracy per step's classes)."""
+    from ..metrics import cil_accuracy_matrix as accuracy_matrix
     from ..metrics import cil_csv_text
-    from ..steps.cil import accuracy_matrix
 
     acc, R = accuracy_matrix([read_evaluation(p) for p in evals], len(evals))
     write_text(out, cil_csv_text(acc, R))
@@ -245,8 +245,8 @@ def cil_table_step(
 ) -> Path:
     """A class-incremental run's table (Avg and Last beside zero-shot CLIP and the paper), metrics.json (with
     forgetting, BWT and every step) and, for people, the Markdown with the per-step accuracies and the cost."""
+    from ..metrics import cil_accuracy_matrix as accuracy_matrix
     from ..metrics import cil_run_metrics, read_cil_csv
-    from ..steps.cil import accuracy_matrix
     from .costs import read_costs
     from .tables import cil_paper_means, cil_rows, cil_table_markdown, table_csv_rows
 
@@ -268,8 +268,8 @@ def cil_table_step(
 
 def cil_figure_step(spec: ReportSpec, accuracy: str | Path, zero_shot: str | Path, out: str | Path) -> Path:
     """Accuracy on all seen classes after every step, ours beside zero-shot CLIP, with the running Avg."""
+    from ..metrics import cil_accuracy_matrix as accuracy_matrix
     from ..metrics import read_cil_csv
-    from ..steps.cil import accuracy_matrix
     from . import figures
 
     acc, _ = read_cil_csv(accuracy)
