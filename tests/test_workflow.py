@@ -80,3 +80,17 @@ def test_the_workflow_lints_clean_and_is_formatted():
     snakefmt = shutil.which("snakefmt", path=str(Path(sys.executable).parent)) or "snakefmt"
     r = subprocess.run([snakefmt, "--check", "Snakefile", "workflow/rules"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(
+    "target,steps",
+    [("cil_cifar100_10steps", 10), ("cil_cifar100_20steps", 20), ("cil_cifar100_50steps", 50),
+     ("cil_tinyimagenet_5steps", 6), ("cil_tinyimagenet_10steps", 11), ("cil_tinyimagenet_20steps", 21)],
+)
+def test_class_incremental_targets_plan_every_step_with_no_data(tmp_path, target, steps):
+    r = snakemake(tmp_path, "-n", f"results/{target}_table.csv")
+    assert r.returncode == 0, (r.stderr + r.stdout)[-3000:]
+    counts = job_counts(r.stdout)
+    assert counts["cil_train"] == steps and counts["cil_evaluate"] == steps  # one per step, the base step included
+    assert counts["cil_zero_shot"] == 1 and counts["prepare_cil"] == 1 and counts["cil_table"] == 1
+    assert counts["prepare"] == 1  # CIFAR100 or TinyImageNet: the view is built from its verified raw data

@@ -313,3 +313,16 @@ def format_metrics(m: dict) -> str:
         lines.append(f"{n:<16} {f(d['transfer']):>8} {f(d['avg']):>6} {f(d['last']):>6}")
     lines.append(f"{'mean':<16} {f(m['transfer']):>8} {f(m['avg']):>6} {f(m['last']):>6}")
     return "\n".join(lines)
+
+
+def cil_accuracy_matrix(evals: Sequence[dict], num_steps: int) -> tuple[list[float], np.ndarray]:
+    """From the evaluations after each step: the accuracy on all seen classes per step, and R[i][j] (%) = accuracy
+    on step j's classes after step i (NaN for j > i)."""
+    acc, R = [], np.full((num_steps, num_steps), np.nan)
+    for i, ev in enumerate(evals):
+        r = ev["results"][-1] if ev.get("step") is not None else ev["results"][i]
+        if r["after_step"] != i:
+            raise ValueError(f"evaluation {i} is of step {r['after_step']}")
+        acc.append(r["accuracy"])
+        R[i, : len(r["per_step"])] = [np.nan if v is None else v for v in r["per_step"]]
+    return acc, R

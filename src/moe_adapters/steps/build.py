@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from ..model.clip import BackboneSpec, MoECLIP, build_model, create_backbone
 from ..model.ddas import build_feature_extractor, feature_dim, init_autoencoder
 from ..model.moe import MoESpec
 from .specs import Backbone, FeatureSpec, NumericSpeed, Runtime
+
+if TYPE_CHECKING:  # open_clip is imported where a CLIP is built: an autoencoder job needs none of it
+    from ..model.clip import BackboneSpec, MoECLIP
 
 
 def resolve_device(want: str) -> torch.device:
@@ -24,6 +28,8 @@ def apply_speed(speed: NumericSpeed) -> None:
 
 
 def backbone_spec(b: Backbone) -> BackboneSpec:
+    from ..model.clip import BackboneSpec
+
     return BackboneSpec(b.name, b.quick_gelu, b.pretrained)
 
 
@@ -41,6 +47,8 @@ def configure(model: MoECLIP, speed: NumericSpeed, runtime: Runtime | None) -> M
 
 def adapted_model(spec, runtime: Runtime | None, device: torch.device | str = "cpu", init_seed: int = 0) -> MoECLIP:
     """The backbone with adapters shaped by `spec.model` (a TaskSpec or an EvaluateSpec), one router per task."""
+    from ..model.clip import build_model
+
     b = getattr(spec, "backbone", None) or Backbone(spec.model.name, spec.model.quick_gelu, spec.model.pretrained)
     model = build_model(backbone_spec(b), MoESpec.from_model(spec.model, spec.num_tasks), init_seed, device)
     return configure(model, spec.speed, runtime)
@@ -48,6 +56,8 @@ def adapted_model(spec, runtime: Runtime | None, device: torch.device | str = "c
 
 def zero_shot_model(backbone: Backbone, speed: NumericSpeed, runtime: Runtime | None, device="cpu") -> MoECLIP:
     """Plain CLIP behind the MoECLIP interface (only the zero-shot route is used: adapters are a placeholder)."""
+    from ..model.clip import MoECLIP, create_backbone
+
     placeholder = MoESpec(num_experts=1, top_k=1, bottleneck=1, num_routers=1, dropout=0.0, scale=0.0, noise_epsilon=0.0)
     bspec = backbone_spec(backbone)
     model = MoECLIP(create_backbone(bspec), placeholder, bspec, init_seed=0).to(device)

@@ -15,7 +15,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -30,9 +29,8 @@ from ..model.moe import ZERO_SHOT
 from ..training.loop import ResumableRun
 from ..training.task import TaskTrainConfig, train_task
 from .build import adapted_model, apply_speed, resolve_device, zero_shot_model
-from .record import cost, provenance
+from .record import cost, provenance, resume_identity, resume_path
 from .specs import CILEvaluateSpec, CILPrepareSpec, CILStepSpec, Runtime
-from .train import resume_identity, resume_path
 
 log = logging.getLogger(__name__)
 
@@ -228,16 +226,3 @@ def cil_evaluate_step(
         log.info("after step %d: %.2f%% on %d classes", r["after_step"], r["accuracy"], r["classes"])
     write_json(out, seal({"step": spec.step, "results": results, "cost": cost(start, device), **provenance(spec)}))
     return Path(out)
-
-
-def accuracy_matrix(evals: Sequence[dict], num_steps: int) -> tuple[list[float], np.ndarray]:
-    """From the evaluations after each step: the accuracy on all seen classes per step, and R[i][j] (%) = accuracy
-    on step j's classes after step i (NaN for j > i)."""
-    acc, R = [], np.full((num_steps, num_steps), np.nan)
-    for i, ev in enumerate(evals):
-        r = ev["results"][-1] if ev.get("step") is not None else ev["results"][i]
-        if r["after_step"] != i:
-            raise ValueError(f"evaluation {i} is of step {r['after_step']}")
-        acc.append(r["accuracy"])
-        R[i, : len(r["per_step"])] = [np.nan if v is None else v for v in r["per_step"]]
-    return acc, R

@@ -12,9 +12,8 @@ from ..data.transforms import train_transform
 from ..training.autoencoder import AETrainConfig, train_autoencoder
 from ..training.loop import ResumableRun
 from .build import apply_speed, autoencoder_template, feature_extractor, resolve_device
-from .record import cost, provenance
+from .record import cost, provenance, resume_identity, resume_path
 from .specs import AutoencoderSpec, Runtime
-from .train import resume_identity, resume_path
 
 
 def autoencoder_batches(spec: AutoencoderSpec, prepared: PreparedDataset, num_workers: int) -> tuple[TrainBatches, int]:

@@ -4,6 +4,7 @@ parameters) and its provenance (the step's config slice and its hash, the commit
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -44,3 +45,21 @@ def provenance(spec: Any) -> dict:
     from ..config import code_commit, digest, to_plain
 
     return {"config_hash": digest(spec), "spec": to_plain(spec), "commit": code_commit()}
+
+
+def resume_path(out: str | Path) -> Path:
+    """Where a step's resume state lives: a hidden folder beside its output (ignored by DVC, see .dvcignore)."""
+    out = Path(out)
+    return out.parent / ".resume" / f"{out.name}.state"
+
+
+def resume_identity(spec, inputs: dict[str, str | Path | None]) -> dict:
+    """Everything a step depends on: its spec, the content of its input files, and the code."""
+    from ..config import code_fingerprint, digest
+    from ..integrity import sha256_file
+
+    return {
+        "spec": digest(spec),
+        "inputs": {k: sha256_file(p) if p else None for k, p in sorted(inputs.items())},
+        "code": code_fingerprint(),
+    }

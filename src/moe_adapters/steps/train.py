@@ -6,29 +6,13 @@ import time
 from pathlib import Path
 
 from ..checkpoint import FROZEN_UNKNOWN, CheckpointError, load_task_checkpoint, save_task_checkpoint
-from ..config import code_fingerprint, digest
-from ..data.prepared import PreparedDataset, sha256_file
+from ..data.prepared import PreparedDataset
 from ..model.clip import tokenizer_for
 from ..training.loop import ResumableRun
 from ..training.task import TaskTrainConfig, train_task
 from .build import adapted_model, apply_speed, resolve_device
-from .record import cost, provenance
+from .record import cost, provenance, resume_identity, resume_path
 from .specs import Runtime, TaskSpec
-
-
-def resume_path(out: str | Path) -> Path:
-    """Where a step's resume state lives: a hidden folder beside its output (ignored by DVC, see .dvcignore)."""
-    out = Path(out)
-    return out.parent / ".resume" / f"{out.name}.state"
-
-
-def resume_identity(spec, inputs: dict[str, str | Path | None]) -> dict:
-    """Everything a step depends on: its spec, the content of its input files, and the code."""
-    return {
-        "spec": digest(spec),
-        "inputs": {k: sha256_file(p) if p else None for k, p in sorted(inputs.items())},
-        "code": code_fingerprint(),
-    }
 
 
 def task_config(spec: TaskSpec) -> TaskTrainConfig:
