@@ -5,7 +5,8 @@ gres.conf, the munge key, munge's socket, seed, log and pid files, slurmctld's s
 both daemons' logs, and bin/, scripts that give every SLURM client this slurm.conf. Nothing goes to /etc,
 /run, /var/spool or /var/log, and the daemons listen on free ports picked at start, so a system SLURM or
 munge on the machine is neither used nor disturbed. The node is this machine as `slurmd -C` sees it
-(hostname, CPUs, memory), in one partition `test`, with no accounting (job status from squeue only).
+(hostname, CPUs, memory; or more CPUs than it has, for jobs that mostly wait), with 0 to 4 pretend GPUs, in one
+partition `test`, with no accounting (job status from squeue only).
 
     from .slurm_cluster import slurm  # a module-scoped pytest fixture: a SlurmCluster with 1 pretend GPU
 
