@@ -1,7 +1,8 @@
 # MoE-Adapters reproduction: the whole DAG, from data to tables.
 #   snakemake results/mtil_order1_table.csv --cores 8 --resources gpu=1   (paper scale, GPU)
 #   snakemake --workflow-profile profiles/mini                            (embedded mini benchmark, CPU)
-#   snakemake --workflow-profile profiles/mini --report report.html       (then: the HTML report, offline)
+#   snakemake results/mtil_order1_table.csv --workflow-profile profiles/slurm   (paper scale on SLURM, README)
+#   snakemake --workflow-profile profiles/mini --report report.html       (then: its HTML report, offline)
 # The default target is the config's own run: tables, figures, cost, its config, and the ledger.
 
 from snakemake.utils import min_version

@@ -5,7 +5,8 @@ gres.conf, the munge key, munge's socket, seed, log and pid files, slurmctld's s
 both daemons' logs, and bin/, scripts that give every SLURM client this slurm.conf. Nothing goes to /etc,
 /run, /var/spool or /var/log, and the daemons listen on free ports picked at start, so a system SLURM or
 munge on the machine is neither used nor disturbed. The node is this machine as `slurmd -C` sees it
-(hostname, CPUs, memory), in one partition `test`, with no accounting (job status from squeue only).
+(hostname, CPUs, memory; or more CPUs than it has, for jobs that mostly wait), with 0 to 4 pretend GPUs, in one
+partition `test`, with no accounting (job status from squeue only).
 
     from .slurm_cluster import slurm  # a module-scoped pytest fixture: a SlurmCluster with 1 pretend GPU
 
@@ -182,15 +183,27 @@ class SlurmCluster:
         return "\n".join(parts)
 
 
-def _write_config(root: Path, node: dict[str, str], gpus: int, munge_socket: Path) -> Path:
+# Character devices that stand in for GPUs: each pretend GPU needs a distinct device file (gres.conf File=).
+PRETEND_GPU_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/urandom")
+
+
+def _write_config(root: Path, node: dict[str, str], gpus: int, munge_socket: Path, cpus: int | None = None) -> Path:
     (root / "plugstack.conf").write_text("")  # not /etc/slurm/plugstack.conf: no SPANK plugin loads
     gres = ""
     if gpus:
-        # A pretend GPU: SLURM schedules it as a GRES (sbatch --gpus=1 is accepted, counted, and the job gets
-        # CUDA_VISIBLE_DEVICES=0) backed by /dev/null, so jobs that ask for a GPU run, and compute on the CPU.
-        # (Count=1 without File= leaves the node unregistered in SLURM 22.05.)
-        (root / "gres.conf").write_text(f"NodeName={node['NodeName']} Name=gpu File=/dev/null\n")
-        gres = " Gres=gpu:1"
+        # Pretend GPUs: SLURM schedules them as a GRES (sbatch --gpus=1 is accepted, counted, and the job gets
+        # CUDA_VISIBLE_DEVICES) backed by character devices such as /dev/null, so jobs that ask for a GPU run, and
+        # compute on the CPU. (Count=1 without File= leaves the node unregistered in SLURM 22.05.)
+        (root / "gres.conf").write_text(
+            "".join(f"NodeName={node['NodeName']} Name=gpu File={dev}\n" for dev in PRETEND_GPU_DEVICES[:gpus])
+        )
+        gres = f" Gres=gpu:{gpus}"
+    overrides = ""
+    if cpus is not None and cpus != int(node["CPUs"]):
+        # More CPUs than the machine has (jobs that mostly wait, such as a workflow's, then overlap): slurmd
+        # takes the configured node as it is (config_overrides) instead of draining it for a count mismatch.
+        node = {"NodeName": node["NodeName"], "CPUs": str(cpus), "RealMemory": node["RealMemory"]}
+        overrides = "SlurmdParameters=config_overrides\n"
     topology = " ".join(
         f"{k}={node[k]}"
         for k in ("Boards", "SocketsPerBoard", "CoresPerSocket", "ThreadsPerCore")
@@ -235,7 +248,7 @@ SlurmdTimeout=30
 InactiveLimit=0
 KillWait=5
 GresTypes=gpu
-NodeName={node["NodeName"]} CPUs={node["CPUs"]} {topology} RealMemory={node["RealMemory"]}{gres} State=UNKNOWN
+{overrides}NodeName={node["NodeName"]} CPUs={node["CPUs"]} {topology} RealMemory={node["RealMemory"]}{gres} State=UNKNOWN
 PartitionName=test Nodes={node["NodeName"]} Default=YES MaxTime=INFINITE State=UP
 """
     )
@@ -300,11 +313,14 @@ def _wait_for(
 
 
 @contextlib.contextmanager
-def running_cluster(base: Path | None = None, gpus: int = 0, timeout: float = 90) -> Iterator[SlurmCluster]:
+def running_cluster(
+    base: Path | None = None, gpus: int = 0, timeout: float = 90, cpus: int | None = None
+) -> Iterator[SlurmCluster]:
     """Start munged, slurmctld and slurmd in a fresh folder under `base` (default: the system temp folder);
-    yield once the node is idle; on exit cancel every job, stop the daemons and delete the folder."""
-    if gpus not in (0, 1):
-        raise ValueError("the harness offers 0 or 1 (pretend) GPU")
+    yield once the node is idle; on exit cancel every job, stop the daemons and delete the folder.
+    `gpus` pretend GPUs (0 to 4); `cpus`: the node's CPU count if not the machine's own."""
+    if not 0 <= gpus <= len(PRETEND_GPU_DEVICES):
+        raise ValueError(f"the harness offers 0 to {len(PRETEND_GPU_DEVICES)} (pretend) GPUs")
     # a short path: munge's socket path must stay under the 108 bytes of a Unix socket address
     root = Path(tempfile.mkdtemp(prefix="moe-slurm-", dir=base))
     procs: dict[str, subprocess.Popen] = {}
@@ -318,12 +334,12 @@ def running_cluster(base: Path | None = None, gpus: int = 0, timeout: float = 90
         key.write_bytes(os.urandom(1024))
         key.chmod(0o400)
         sock = munge / "munge.socket.2"
-        conf = _write_config(root, node, gpus, sock)
+        conf = _write_config(root, node, gpus, sock, cpus)
         env = dict(os.environ, SLURM_CONF=str(conf), PATH=f"{_client_shims(root, conf)}:{os.environ['PATH']}")
         for var in [v for v in env if v.startswith("SLURM_") and v != "SLURM_CONF"]:
             del env[var]  # a job context (SLURM_JOB_ID, ...) of an outer SLURM would confuse the clients
         cluster = SlurmCluster(
-            root, conf, node["NodeName"], int(node["CPUs"]), int(node["RealMemory"]), gpus, env, procs
+            root, conf, node["NodeName"], cpus or int(node["CPUs"]), int(node["RealMemory"]), gpus, env, procs
         )
 
         procs["munged"] = _start(
@@ -398,11 +414,16 @@ def _end_steps(conf: Path, timeout: float = 15) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-@pytest.fixture(scope="module")
-def slurm() -> Iterator[SlurmCluster]:
-    """A running single-node SLURM for the module's tests; skipped (with the reason) where none can run."""
+def cluster_or_skip(**kw) -> Iterator[SlurmCluster]:
+    """For a fixture: a running cluster (running_cluster's arguments), or a skip with the reason none can run."""
     reason = slurm_skip_reason()
     if reason:
         pytest.skip(reason)
-    with running_cluster(gpus=1) as cluster:
+    with running_cluster(**kw) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="module")
+def slurm() -> Iterator[SlurmCluster]:
+    """A running single-node SLURM for the module's tests; skipped (with the reason) where none can run."""
+    yield from cluster_or_skip(gpus=1)

@@ -18,6 +18,8 @@ import pytest
 
 from .slurm_cluster import slurm  # noqa: F401  (the fixture)
 
+pytestmark = pytest.mark.slurm
+
 pytest.importorskip("snakemake_executor_plugin_slurm", reason="needs the [cluster] extra")
 
 SNAKEFILE = r"""

@@ -274,6 +274,32 @@ def cmd_cil_figure(args) -> int:
     return 0
 
 
+def _check_all(plan, args, names, check_all) -> int:
+    """prepare --check-all: the pretrained weights the run reads (backbone, AlexNet), then the datasets; whatever
+    is missing of either, in one message."""
+    from .data.prepared import DataMissingError
+    from .model.weights import MissingRunWeightsError, check_weights
+
+    found, missing = check_weights(plan.run(_run_name(args, plan)))
+    weights_msg = ""
+    if missing:
+        weights_msg = (
+            f"{len(missing)} of {len(found) + len(missing)} pretrained weights files are missing:\n"
+            + "\n".join(missing) + "\nWhere the weights go and how to get them: README, section Backbone weights."
+        )
+    try:
+        status = check_all(args.data_root or plan.config.data_root, names)
+    except DataMissingError as e:
+        raise DataMissingError("\n".join(filter(None, (weights_msg, str(e))))) from None
+    if missing:
+        raise MissingRunWeightsError(weights_msg)
+    for what, path in found.items():
+        print(f"{what}: {path}")
+    for name, state in status.items():
+        print(f"{name:<14} {state}")
+    return 0
+
+
 def cmd_prepare(args) -> int:
     from .steps.data import prepare_step
 
@@ -289,9 +315,7 @@ def cmd_prepare(args) -> int:
         if args.run and not args.dataset:  # what this run's jobs read: its datasets, and the generic data it trains on
             rc = plan.run(args.run)
             names = [*rc.datasets, *([] if plan.imported(args.run) else [rc.ddas.generic_dataset])]
-        for name, state in check_all(args.data_root or plan.config.data_root, names).items():
-            print(f"{name:<14} {state}")
-        return 0
+        return _check_all(plan, args, names, check_all)
     if not args.dataset and not args.spec:
         raise ConfigError("prepare needs --dataset (or --check-all)")
     spec = _spec(args, "prepare", args.dataset)

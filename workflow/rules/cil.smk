@@ -42,7 +42,7 @@ rule cil_train:
     threads: workflow.cores
     resources:
         **RUNTIME,
-        gpu=GPU,
+        **GPU,
     params:
         spec=spec("cil_step", lambda w: int(w.k)),
         view=lambda w, input: folder(input.view),
@@ -70,7 +70,7 @@ rule cil_evaluate:
     threads: 1
     resources:
         **RUNTIME_EVAL,
-        gpu=GPU,
+        **GPU,
     params:
         spec=spec("cil_evaluate", lambda w: int(w.k)),
         view=lambda w, input: folder(input.view),
@@ -96,7 +96,7 @@ rule cil_zero_shot:
     threads: 1
     resources:
         **RUNTIME_EVAL,
-        gpu=GPU,
+        **GPU,
     params:
         spec=spec("cil_evaluate"),
         view=lambda w, input: folder(input.view),

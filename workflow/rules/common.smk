@@ -46,7 +46,9 @@ R = CFG.results_dir.rstrip("/")
 DATA = CFG.data_root.rstrip("/")
 BENCH = CFG.benchmark
 DEFAULT_RUN = PLAN.default_run
-GPU = 0 if CFG.device == "cpu" else 1  # a CPU run holds no gpu resource
+# The GPU rules hold one `gpu` (a local limit: --resources gpu=1, profiles/default; on SLURM, profiles/slurm asks for
+# the GPU itself); a CPU run holds none, so its jobs' resources name no gpu at all.
+GPU = {} if CFG.device == "cpu" else {"gpu": 1}
 ENV = f"{workflow.basedir}/environment.yml"
 SRC = Path(moe_adapters.reporting.__file__).resolve().parents[1]
 # What changes no number (loader workers, resume cadence, the exact speed-ups) travels as resources, which are

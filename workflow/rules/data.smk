@@ -34,7 +34,7 @@ if BENCH == "mini":
             ENV
         threads: workflow.cores
         resources:
-            gpu=GPU,
+            **GPU,
         params:
             spec=planned(lambda w: PLAN.params("pretrain", DEFAULT_RUN)),
             pool=lambda w, input: folder(input.pool),

@@ -18,7 +18,7 @@ rule autoencoder:
     threads: 1
     resources:
         **RUNTIME,
-        gpu=GPU,
+        **GPU,
     params:
         spec=spec("autoencoder", lambda w: int(w.k)),
         data=lambda w, input: folder(input.data),

@@ -19,7 +19,7 @@ rule features:
     threads: 1
     resources:
         **RUNTIME_EVAL,
-        gpu=GPU,
+        **GPU,
     params:
         spec=spec("features", lambda w: w.dataset),
         data=lambda w, input: folder(input.data),
@@ -45,7 +45,7 @@ rule evaluate:
     threads: 1
     resources:
         **RUNTIME_EVAL,
-        gpu=GPU,
+        **GPU,
     params:
         spec=spec("evaluate", lambda w: int(w.k)),
         root=DATA,
@@ -70,7 +70,7 @@ rule evaluate_zero_shot:
     threads: 1
     resources:
         **RUNTIME_EVAL,
-        gpu=GPU,
+        **GPU,
     params:
         spec=spec("evaluate"),
         root=DATA,

@@ -19,7 +19,7 @@ rule train_task:
     threads: workflow.cores
     resources:
         **RUNTIME,
-        gpu=GPU,
+        **GPU,
     params:
         spec=spec("task", lambda w: int(w.k)),
         data=lambda w, input: folder(input.data),

@@ -18,6 +18,25 @@ class MissingFeatureWeightsError(FileNotFoundError):
     """The DDAS feature extractor's weights are not on this machine."""
 
 
+def alexnet_weights_path(weights: str | Path | None = None) -> Path:
+    """Where the AlexNet weights are read from: ddas.feature_weights, or (torchvision) the torch hub cache."""
+    if weights in (None, "torchvision"):
+        return Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
+    return Path(weights).expanduser()
+
+
+def alexnet_weights(weights: str | Path | None = None) -> Path:
+    """The AlexNet weights file, or MissingFeatureWeightsError naming where it goes and where to get it."""
+    path = alexnet_weights_path(weights)
+    if not path.is_file():
+        raise MissingFeatureWeightsError(
+            f"AlexNet ImageNet weights not found at {path}. Download "
+            f"https://download.pytorch.org/models/{ALEXNET_FILE} (torchvision AlexNet_Weights.IMAGENET1K_V1) "
+            f"to that path, or set ddas.feature_weights in the config"
+        )
+    return path
+
+
 class AlexNetConv5(nn.Module):
     """Frozen AlexNet `features` without its last ReLU and MaxPool (conv5 pre-activation), then a sigmoid."""
 
@@ -27,13 +46,7 @@ class AlexNetConv5(nn.Module):
 
         net = alexnet(weights=None)
         if pretrained:
-            path = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE if weights in (None, "torchvision") else Path(weights)
-            if not path.is_file():
-                raise MissingFeatureWeightsError(
-                    f"AlexNet ImageNet weights not found at {path}. Download "
-                    f"https://download.pytorch.org/models/{ALEXNET_FILE} (torchvision AlexNet_Weights.IMAGENET1K_V1) "
-                    f"to that path, or set ddas.feature_weights in the config"
-                )
+            path = alexnet_weights(weights)
             from ..checkpoint import safe_torch_load
 
             net.load_state_dict(safe_torch_load(path))
