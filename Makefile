@@ -22,7 +22,7 @@ mini: install
 	$(BIN)/moe-adapters show results/mini/mini_order1_table.csv results/mini/cil_mini_4steps_table.csv
 
 test: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" -n 2 --dist loadgroup
 
 test-all: install  # slow tests too (torch.compile on a CPU); GPU tests run where CUDA is
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest

@@ -21,7 +21,8 @@ from moe_adapters.model.moe import MoESpec
 
 from .workflow_helpers import reduced_mini_repo
 
-torch.set_num_threads(2)
+# two threads on this 2-core machine; one per worker when pytest-xdist runs several
+torch.set_num_threads(1 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 else 2)
 
 TINY = BackboneSpec("tiny-clip", True, None)
 
@@ -57,7 +58,18 @@ def ae_config(**overrides):
                             "decay_every_epochs": d.decay_every_epochs, "seed": t.seed, **overrides})
 
 
+# Expensive shared fixtures, each built once per test session: under `pytest -n 2 --dist loadgroup` (make test)
+# every test that uses one runs on the same worker as the others that do, in the group named here (the first that
+# matches wins, so a test using both the reduced mini and the SLURM cluster stays with the reduced mini).
+SHARED_FIXTURE_GROUPS = {"reduced_mini_run": "reduced_mini", "imported": "imported_release", "slurm": "slurm"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = next((g for f, g in SHARED_FIXTURE_GROUPS.items() if f in getattr(item, "fixturenames", ())), None)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
