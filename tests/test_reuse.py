@@ -37,14 +37,14 @@ def routes_mixed(n):
     return torch.tensor(r)
 
 
-def logits_of(model, tokenizer, prepared, routes, cache=None):
+def logits_of(model, tokenizer, prepared, routes, cache=None, device="cpu"):
     """Every batch's logits, as evaluate_dataset computes them (text heads recomputed, zero-shot features absent)."""
     heads = {}
-    head = lambda r: heads.setdefault(r, text_head(model, tokenizer, QUADRANTS, TEMPLATES, r))  # noqa: E731
+    head = lambda r: heads.setdefault(r, text_head(model, tokenizer, QUADRANTS, TEMPLATES, r, device))  # noqa: E731
     out, total = [], 0
-    for x, y in prepared.test_batches(BS, lazy=True):
+    for x, y in prepared.test_batches(BS, device, lazy=True):
         r = routes[total : total + len(y)]
-        out.append(routed_logits(model, x, r, head, feature_cache=cache, offset=total))
+        out.append(routed_logits(model, x, r, head, device=device, feature_cache=cache, offset=total))
         total += len(y)
     return torch.cat(out)
 
@@ -53,21 +53,23 @@ def change_expert(model, layer, e, seed=3):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         p = model.visual_moe[layer].experts[e].up_proj.weight
-        p.add_(torch.randn(p.shape, generator=g) * 0.05)
+        p.add_((torch.randn(p.shape, generator=g) * 0.05).to(p.device))
 
 
-def first_checkpoint(model, tokenizer, prepared, routes, path):
+def first_checkpoint(model, tokenizer, prepared, routes, path, device="cpu"):
     cache = RoutedFeatureCache(model, prepared.meta["sha256"]["test_images.npy"])
-    logits_of(model, tokenizer, prepared, routes, cache)
+    logits_of(model, tokenizer, prepared, routes, cache, device)
     cache.save(path, "Red")
     return cache
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @torch.no_grad()
-def test_reuse_gives_exactly_the_logits_of_recomputing_with_both_branches(model, tokenizer, prepared, tmp_path):
+def test_reuse_gives_exactly_the_logits_of_recomputing_with_both_branches(model, tokenizer, prepared, tmp_path, device):
     routes = routes_mixed(40)
     path = tmp_path / "Red.safetensors"
-    first = first_checkpoint(model, tokenizer, prepared, routes, path)
+    model = model.to(device)
+    first = first_checkpoint(model, tokenizer, prepared, routes, path, device)
     groups = list(first.current.values())
     used = torch.stack([u for _, u, _ in groups])  # [groups, layers, experts]
     # an expert some groups read and others did not: changing it leaves both kinds of group
@@ -75,14 +77,14 @@ def test_reuse_gives_exactly_the_logits_of_recomputing_with_both_branches(model,
     assert some, "every group read every expert: the tiny setting cannot tell reuse from recomputation"
     nxt = copy.deepcopy(model)
     change_expert(nxt, *some[0])
-    without = logits_of(nxt, tokenizer, prepared, routes)
+    without = logits_of(nxt, tokenizer, prepared, routes, device=device)
     cache = RoutedFeatureCache(nxt, prepared.meta["sha256"]["test_images.npy"]).load(path)
-    with_reuse = logits_of(nxt, tokenizer, prepared, routes, cache)
+    with_reuse = logits_of(nxt, tokenizer, prepared, routes, cache, device)
     assert cache.reused > 0 and cache.computed > 0  # both branches ran
     assert cache.reused + cache.computed == int((routes != ZERO_SHOT).sum())
     assert torch.equal(with_reuse, without)
     # and the reused groups really were the unchanged ones: the change moved some logits
-    assert not torch.equal(without, logits_of(model, tokenizer, prepared, routes))
+    assert not torch.equal(without, logits_of(model, tokenizer, prepared, routes, device=device))
 
 
 @torch.no_grad()
