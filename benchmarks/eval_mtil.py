@@ -17,7 +17,16 @@ Reference-style, per (checkpoint, test set) cell, 121 of them: load the whole mo
 Routing is assumed perfect (test set j goes to task j after task j, to zero-shot before): this is what the
 paper reports (DDAS routes >95% of batches correctly), and it is the same assumption for both paths.
 
+Work counts (machine-independent, printed first): image-tower forwards, AlexNet forwards, autoencoder passes,
+checkpoint loads and process starts of the full Order I evaluation (11 checkpoints x 11 test sets + zero-shot),
+ours against the reference's pattern (one process per cell, each reloading the full checkpoint and all 12
+autoencoders, AlexNet and every autoencoder on every batch, an image forward per cell; the zero-shot row is 11
+more processes of plain CLIP). Ours reuses a group's routed features from the previous checkpoint when every
+tensor its forward read is bit-identical (reuse.py); the fraction of later cells' samples reused is --reuse
+(default: as measured on the mini, see REUSE_MINI), the worst case (nothing reused) is printed beside it.
+
     python benchmarks/eval_mtil.py                 # GPU if present (batch 128), else a CPU preset (batch 8)
+    python benchmarks/eval_mtil.py --counts-only   # only the work-count table (no model, any machine)
 """
 
 from __future__ import annotations
@@ -41,6 +50,14 @@ TEST_SIZES = {
     "Aircraft": 3333, "Caltech101": 1736, "CIFAR100": 10000, "DTD": 1880, "EuroSAT": 5400, "Flowers": 6149,
     "Food": 25250, "MNIST": 10000, "OxfordPet": 3669, "StanfordCars": 8041, "SUN397": 21751,
 }
+# Reuse measured on the mini (mini_order1, 5 tasks, 22 experts, top-2, eval batch 64, results/mini of the main
+# checkout): in the evaluations of checkpoints 1..4, of the 4005 samples routed to an earlier task, 0 were reused
+# (a group is reused only when every expert any of its 64 members chose is unchanged, and every group of the mini
+# had a member using an expert the next task trained). Per sample (batch-invariant kernels, which we cannot prove),
+# 1063 of 4005 (26.5%) read only unchanged experts: an upper bound on what finer-grained reuse could give there.
+REUSE_MINI = 0.0
+REUSE_PER_SAMPLE_BOUND_MINI = 1063 / 4005
+N_AUTOENCODERS = 12  # autoencoder 0 (generic) and one per task
 PRESETS = {"cuda": {"batch": 128, "prompts": 512, "repeats": 5}, "cpu": {"batch": 8, "prompts": 48, "repeats": 2}}
 
 
@@ -179,7 +196,47 @@ def measure(args, device) -> dict:
     return m
 
 
-def predict(m: dict, proto, order: str, jobs: int) -> dict:
+def work_counts(proto, order: str, reuse: float) -> dict[str, tuple[float, float]]:
+    """Counted work of the full evaluation, ours vs the reference's pattern: kind -> (ours, reference).
+
+    Images count as test images through a tower (or an autoencoder); `reuse` is the fraction of the samples of
+    cells (k, j), j < k, whose routed features are reused from checkpoint k-1 (cells k == j are always computed).
+    """
+    names = order_datasets(proto, order)
+    n = [TEST_SIZES[d] for d in names]
+    T, total = len(names), sum(n)
+    adapted = sum(n[j] * (1 + (T - 1 - j) * (1 - reuse)) for j in range(T))  # cells k >= j of test set j
+    return {
+        "image-tower forwards": (total + adapted, (T + 1) * total),  # ours: zero-shot once per test set
+        "AlexNet forwards": (total, T * total),  # ours: once per test set; reference: every cell (not zero-shot)
+        "autoencoder passes": (2 * N_AUTOENCODERS * total, T * N_AUTOENCODERS * total),  # ours: trained + initial
+        "checkpoint loads (model)": (T + T + 1, T * T + T),  # ours: features (backbone), evaluate k, zero-shot
+        "checkpoint loads (autoencoders)": (T * N_AUTOENCODERS, T * T * N_AUTOENCODERS),
+        "process starts": (T + T + 1, T * T + T),
+    }
+
+
+def print_counts(proto, order: str, reuse: float) -> None:
+    names = order_datasets(proto, order)
+    T = len(names)
+    measured, worst = work_counts(proto, order, reuse), work_counts(proto, order, 0.0)
+    print(f"work of the full MTIL {order} evaluation ({T} checkpoints x {T} test sets + zero-shot, "
+          f"{sum(TEST_SIZES[d] for d in names)} test images; counted, machine-independent):")
+    print(f"  {'kind':<32} {'reference':>12} {'ours':>12} {'ratio':>7}   {'ours, worst':>12} {'ratio':>7}")
+    for kind, (ours, ref) in measured.items():
+        w = worst[kind][0]
+        print(f"  {kind:<32} {ref:>12,.0f} {ours:>12,.0f} {ours / ref:>7.3f}   {w:>12,.0f} {w / ref:>7.3f}")
+    print(f"  ours: {reuse:.1%} of the later cells' routed samples reused (--reuse; measured on the mini: "
+          f"{REUSE_MINI:.1%}); worst: none reused")
+    n = [TEST_SIZES[d] for d in names]
+    later = sum(n[j] * (T - 1 - j) for j in range(T))
+    ref = (T + 1) * sum(n)
+    need = 1 - (ref / 3 - 2 * sum(n)) / later
+    print(f"  image-tower forwards reach 1/3 of the reference's only with >= {need:.1%} reused; the mini's per-sample "
+          f"bound is {REUSE_PER_SAMPLE_BOUND_MINI:.1%} (ratio {work_counts(proto, order, REUSE_PER_SAMPLE_BOUND_MINI)['image-tower forwards'][0] / ref:.3f})")
+
+
+def predict(m: dict, proto, order: str, jobs: int, reuse: float = 0.0) -> dict:
     names = order_datasets(proto, order)
     n = {d: TEST_SIZES[d] for d in names}
     prompts = {d: proto["datasets"][d]["num_classes"] * len(proto["datasets"][d]["templates"]) for d in names}
@@ -195,8 +252,9 @@ def predict(m: dict, proto, order: str, jobs: int) -> dict:
         for j, d in enumerate(names):
             learned = j <= k
             if learned:
-                ours["adapted text heads"] += prompts[d] * m["text_adapted_ours"]
-                ours["adapted image forwards"] += n[d] * (m["read_ours"] + m["image_adapted_ours"])
+                ours["adapted text heads"] += prompts[d] * m["text_adapted_ours"]  # recomputed per checkpoint
+                kept = 1.0 if j == k else 1.0 - reuse  # reused groups are neither read nor forwarded
+                ours["adapted image forwards"] += kept * n[d] * (m["read_ours"] + m["image_adapted_ours"])
             ref["checkpoint loads"] += m["load_reference"]
             ref["image decoding"] += n[d] * m["read_reference"]
             ref["DDAS features"] += n[d] * m["ddas"]
@@ -219,18 +277,25 @@ def main() -> None:
     ap.add_argument("--order", default="order1")
     ap.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (off: fp32, as the reference)")
     ap.add_argument("--json", help="also write measurements and predictions here")
+    ap.add_argument("--reuse", type=float, default=REUSE_MINI,
+                    help="fraction of later cells' routed samples whose features are reused (default: the mini's)")
+    ap.add_argument("--counts-only", action="store_true", help="print the work-count table only")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    proto = load_protocol("mtil", None)
+    print_counts(proto, args.order, args.reuse)
+    if args.counts_only:
+        return
     device = torch.device(args.device)
     for k, v in PRESETS["cuda" if device.type == "cuda" else "cpu"].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
     m = measure(args, device)
-    proto = load_protocol("mtil", None)
     names = order_datasets(proto, args.order)
     jobs = 2 * len(names) + 1  # features per test set, evaluate per checkpoint, zero-shot evaluation
-    p = predict(m, proto, args.order, jobs)
+    p = predict(m, proto, args.order, jobs, args.reuse)
+    p_worst = predict(m, proto, args.order, jobs, 0.0)
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     print(f"device {dev}; ViT-B/16 fp32{' (TF32)' if args.tf32 else ''}, batch {args.batch}, "
           f"{args.prompts} prompts, median of {args.repeats}")
@@ -247,7 +312,8 @@ def main() -> None:
     for side in ("reference", "ours"):
         parts = ", ".join(f"{k} {fmt(v)}" for k, v in p[side].items())
         print(f"  {side:<9} {fmt(p[side + '_total']):>12}   ({parts})")
-    print(f"  speed-up {p['reference_total'] / p['ours_total']:.1f}x")
+    print(f"  speed-up {p['reference_total'] / p['ours_total']:.1f}x; ours with nothing reused "
+          f"{fmt(p_worst['ours_total'])} (target: under 3 min in fp32 on an H100/H200)")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": dev, "args": vars(args), "measured": m, **p}, indent=2))
 

@@ -81,7 +81,7 @@ def plan(repo, *args):
         # a key of the class-incremental setting only: that run, nothing of the MTIL one
         ('cil={"eval_noise": false}', CIL_EVALUATION | CIL_REPORTING | LEDGER),
         # speed-ups that are exact by test: nothing
-        ('speed={"batched_experts": false, "truncate_text": false}', set()),
+        ('speed={"batched_experts": false, "truncate_text": false, "reuse_features": false}', set()),
         ('train={"num_workers": 1, "checkpoint_every": 7}', set()),
     ],
 )

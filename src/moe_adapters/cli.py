@@ -74,6 +74,7 @@ def _runtime(args, evaluation: bool = False):
         checkpoint_every=pick(args.checkpoint_every, base.checkpoint_every),
         batched_experts=bool(pick(args.batched_experts, base.batched_experts)),
         truncate_text=bool(pick(args.truncate_text, base.truncate_text)),
+        reuse_features=bool(pick(getattr(args, "reuse_features", None), base.reuse_features)),
     )
 
 
@@ -217,7 +218,8 @@ def cmd_evaluate(args) -> int:
     data_root = args.data_root or (None if args.spec else _plan(args).config.data_root)
     if data_root is None:
         raise ConfigError("with --spec, give --data-root")
-    evaluate_step(spec, _runtime(args, True), data_root, feats, args.out, args.checkpoint)
+    previous = args.previous[0] if args.previous else None
+    evaluate_step(spec, _runtime(args, True), data_root, feats, args.out, args.checkpoint, previous)
     if args.print:
         from .integrity import read_evaluation
 
@@ -527,6 +529,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--features-dir", help="or: folder of <dataset>.safetensors from `features`")
     sp.add_argument("--data-root", help="folder of the prepared datasets (default: the config's data_root)")
     sp.add_argument("--out", required=True)
+    sp.add_argument(
+        "--previous", nargs="*", help="the previous checkpoint's evaluation JSON: its routed-feature cache is read"
+    )
+    sp.add_argument(
+        "--reuse-features", type=int, choices=[0, 1],
+        help="1: reuse provably unchanged routed image features of the previous checkpoint; 0: recompute all",
+    )
     sp.add_argument("--print", action="store_true", help="print accuracies and routes")
     sp.set_defaults(func=cmd_evaluate)
 

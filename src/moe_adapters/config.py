@@ -41,6 +41,7 @@ NON_SEMANTIC = frozenset(
         "eval.num_workers",
         "speed.batched_experts",
         "speed.truncate_text",
+        "speed.reuse_features",
     }
 )
 # Keys that name a run rather than configure it (the run's name carries them) or only shape reports.
@@ -153,6 +154,7 @@ class EvalConfig:
 class SpeedConfig:
     batched_experts: bool
     truncate_text: bool
+    reuse_features: bool
     tf32: bool
     bf16_autocast: bool
     compile: bool

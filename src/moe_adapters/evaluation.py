@@ -12,6 +12,7 @@ from torch import nn
 from .model.clip import MoECLIP
 from .model.ddas import Autoencoder, autoencoder_mse
 from .model.moe import ZERO_SHOT
+from .reuse import RoutedFeatureCache
 
 EVAL_LOGIT_SCALE = 100.0
 
@@ -71,27 +72,53 @@ def batch_route_counts(routes: torch.Tensor, batch_size: int) -> dict[int, int]:
 @torch.no_grad()
 def routed_logits(
     model: MoECLIP,
-    x: torch.Tensor | None,
+    x: torch.Tensor | Callable[[], torch.Tensor] | None,
     routes: torch.Tensor,
     heads: Callable[[int], torch.Tensor],
     *,
     device: str | torch.device = "cpu",
     zero_shot_features: torch.Tensor | None = None,
+    feature_cache: RoutedFeatureCache | None = None,
+    offset: int = 0,
 ) -> torch.Tensor:
     """Logits [B, C] of one batch; each sample uses the image route and text head of its route.
 
-    Samples routed to ZERO_SHOT use `zero_shot_features` [B, D] when given (computed once per test set).
+    Samples routed to ZERO_SHOT use `zero_shot_features` [B, D] when given (computed once per test set). `x` may be
+    a function that reads the batch's images: it is called only when some route needs an image forward. With a
+    `feature_cache`, a route's group of samples (test-set positions `offset + i`) takes its features from the cache
+    where they are provably those this forward would give (see reuse.py), and records them otherwise.
     """
     logits = None
+    images = x
+
+    def read() -> torch.Tensor:
+        nonlocal images
+        if images is None:
+            raise ValueError("a route needs the batch's images, and none were given")
+        if callable(images):
+            images = images()
+        return images
+
     for route in routes.unique().tolist():
         sel = (routes == route).nonzero(as_tuple=True)[0]
         if route == ZERO_SHOT and zero_shot_features is not None:
             feats = zero_shot_features[sel].to(device)
         else:
-            if x is None:
-                raise ValueError(f"route {route} needs the batch's images, and none were given")
-            xs = x if len(sel) == len(routes) else x[sel.to(x.device)]
-            feats = model.encode_image(xs.to(device), route, normalize=True)
+            cached = None
+            members = sel.cpu() + offset
+            if feature_cache is not None and route != ZERO_SHOT:
+                cached = feature_cache.lookup(route, members)
+            if cached is not None:
+                feats = cached.to(device)
+            else:
+                xb = read()
+                xs = xb if len(sel) == len(routes) else xb[sel.to(xb.device)]
+                counts = None
+                if feature_cache is not None and route != ZERO_SHOT:
+                    counts = torch.zeros(len(model.visual_moe), model.spec.num_experts, dtype=torch.long, device=device)
+                feats = model.encode_image(xs.to(device), route, counts=counts, normalize=True)
+                if counts is not None:
+                    feature_cache.record(route, members, feats, counts > 0)
         part = EVAL_LOGIT_SCALE * feats @ heads(route).T
         if logits is None:
             logits = part.new_empty(len(routes), part.shape[1])
@@ -107,19 +134,21 @@ def classify(
     *,
     device: str | torch.device = "cpu",
     zero_shot_features: torch.Tensor | None = None,
+    feature_cache: RoutedFeatureCache | None = None,
 ) -> tuple[int, int]:
     """Count correct top-1 predictions over a test set, batch by batch in test-set order.
 
-    A batch's images may be a function that reads them (see PreparedDataset.test_batches(lazy=True)).
+    A batch's images may be a function that reads them (see PreparedDataset.test_batches(lazy=True)): it is read
+    only when some sample of the batch needs an image forward (not zero-shot with cached features, not reused).
     """
     correct = total = 0
     for x, y in images:
         n = len(y)
         r = routes[total : total + n]
         zs = None if zero_shot_features is None else zero_shot_features[total : total + n]
-        if callable(x):  # lazily read images: only when some sample of the batch needs an image forward
-            x = x() if zs is None or bool((r != ZERO_SHOT).any()) else None
-        logits = routed_logits(model, x, r, heads, device=device, zero_shot_features=zs)
+        logits = routed_logits(
+            model, x, r, heads, device=device, zero_shot_features=zs, feature_cache=feature_cache, offset=total
+        )
         correct += int((logits.argmax(dim=1) == y.to(device)).sum())
         total += n
     return correct, total
@@ -157,12 +186,14 @@ def evaluate_dataset(
     zero_shot_features: torch.Tensor | None = None,
     zero_shot_head: torch.Tensor | None = None,
     batch_size: int,
+    feature_cache: RoutedFeatureCache | None = None,
 ) -> DatasetResult:
     """Accuracy of `model` on one test set, routing every sample by `routes` (DDAS's decision, or one route).
 
     `images` returns a fresh iterable of (CLIP-normalised images, labels) batches in test-set order.
     Text heads are built once per route actually used; `zero_shot_head` (computed once per test set, the
-    same for every checkpoint) stands in for the zero-shot route's.
+    same for every checkpoint) stands in for the zero-shot route's. `feature_cache` reuses routed image features
+    where provably identical (reuse.py); the result is the same with it as without.
     """
     model.eval()
     cache: dict[int, torch.Tensor] = {}
@@ -175,7 +206,8 @@ def evaluate_dataset(
         return cache[route]
 
     correct, total = classify(
-        model, images(), routes, heads, device=device, zero_shot_features=zero_shot_features
+        model, images(), routes, heads, device=device, zero_shot_features=zero_shot_features,
+        feature_cache=feature_cache,
     )
     if total != len(routes):
         raise ValueError(f"{len(routes)} routes for a test set of {total} images")

@@ -59,6 +59,7 @@ RUNTIME = dict(
     checkpoint_every=_rt.checkpoint_every,
     batched_experts=int(CFG.speed.batched_experts),
     truncate_text=int(CFG.speed.truncate_text),
+    reuse_features=int(CFG.speed.reuse_features),
 )
 RUNTIME_EVAL = {**RUNTIME, "workers": _rt_eval.num_workers}
 # Runs whose checkpoints and autoencoders rules make: every run but an imported one (<setting>-reference), whose
@@ -164,6 +165,20 @@ def previous_checkpoint(w):
 def task_checkpoint(w):
     path = owned(rules.train_task.output.checkpoint, "task", w.run, int(w.k), k=w.k)
     return imported_file(w.run, path, "checkpoints")
+
+
+def previous_evaluation(w):
+    """The previous checkpoint's evaluation: its routed-feature cache is the one evaluation k reads (reuse.py).
+
+    A plain edge, not ancient(): Snakemake masks the jobs downstream of a job it reruns and then skips them when
+    every file between them is ancient, so evaluation k would not rerun on its own changed params. Every config
+    change that reruns evaluation k-1 reruns evaluation k anyway (its checkpoint follows k-1's, its spec shares
+    k-1's keys), so the plans stay the same.
+    """
+    k = int(w.k)
+    if k == 0:
+        return []
+    return [owned(rules.evaluate.output.evaluation, "evaluate", w.run, k - 1, k=k - 1)]
 
 
 def autoencoders(w):

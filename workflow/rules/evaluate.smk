@@ -1,5 +1,6 @@
 # Evaluation: per test set, zero-shot features and autoencoder errors are computed once; then every task
-# checkpoint (and zero-shot CLIP) is evaluated on every dataset of the order, with DDAS routing.
+# checkpoint (and zero-shot CLIP) is evaluated on every dataset of the order, with DDAS routing. Checkpoint k's
+# evaluation follows checkpoint k-1's and reuses its routed image features where provably unchanged (reuse.py).
 
 
 rule features:
@@ -33,6 +34,7 @@ rule evaluate:
     input:
         checkpoint=planned(task_checkpoint),
         features=planned(features),
+        previous=planned(previous_evaluation),
         own=only_own("evaluate", lambda w: int(w.k)),
     output:
         evaluation=f"{R}/{{run}}/eval/task_{{k}}.json",
@@ -51,8 +53,9 @@ rule evaluate:
         root=DATA,
     shell:
         "moe-adapters --threads {threads} evaluate --spec {params.spec:q} --checkpoint {input.checkpoint} "
-        "--features {input.features} --data-root {params.root} --out {output.evaluation} "
-        "--batched-experts {resources.batched_experts} --truncate-text {resources.truncate_text} > {log} 2>&1"
+        "--features {input.features} --data-root {params.root} --out {output.evaluation} --previous {input.previous} "
+        "--reuse-features {resources.reuse_features} --batched-experts {resources.batched_experts} "
+        "--truncate-text {resources.truncate_text} > {log} 2>&1"
 
 
 rule evaluate_zero_shot:

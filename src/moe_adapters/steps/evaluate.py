@@ -19,6 +19,7 @@ from ..integrity import seal
 from ..model.clip import tokenizer_for
 from ..model.ddas import DDASOptions, decide_routes
 from ..model.moe import ZERO_SHOT
+from ..reuse import RoutedFeatureCache
 from .build import (
     adapted_model,
     apply_speed,
@@ -32,6 +33,7 @@ from .record import cost, provenance
 from .specs import EvaluateSpec, FeaturesSpec, Runtime
 
 log = logging.getLogger(__name__)
+REUSE_DIR = "reuse"  # beside the evaluation JSONs: the routed-feature cache of the latest evaluation (reuse.py)
 
 
 def features_step(
@@ -102,9 +104,15 @@ def evaluate_step(
     features: Mapping[str, str | Path],
     out: str | Path,
     checkpoint: str | Path | None = None,
+    previous: str | Path | None = None,
 ) -> Path:
     """Evaluate task `spec.task`'s checkpoint (or, with spec.task None, zero-shot CLIP) on every dataset of the
-    order, with DDAS routing; `features` gives each dataset's features file."""
+    order, with DDAS routing; `features` gives each dataset's features file.
+
+    With `runtime.reuse_features` (the default), a task's evaluation reads the routed-feature cache that the
+    previous checkpoint's evaluation wrote beside `previous` (its evaluation JSON; default: beside `out`), reuses
+    the groups of samples whose features are provably unchanged (reuse.py) and writes its own cache beside `out`.
+    The numbers are the same either way."""
     start = time.time()
     if (checkpoint is None) != (spec.task is None):
         raise ValueError("give a checkpoint exactly when evaluating a task (zero-shot CLIP needs none)")
@@ -118,15 +126,23 @@ def evaluate_step(
         if meta["task"] != spec.task:
             raise CheckpointError(f"{checkpoint} is the checkpoint of task {meta['task']}, not of task {spec.task}")
     model.set_trainable(None)
+    reuse = spec.task is not None and (runtime is None or runtime.reuse_features)
     model.to(device).eval()
     tok = tokenizer_for(model.backbone)
     results = {}
+    work = {"image_forwards": 0, "reused": 0}
+    cache_in = Path(previous if previous is not None else out).parent / REUSE_DIR
+    cache_out = Path(out).parent / REUSE_DIR
     for name in spec.datasets:
         prepared = PreparedDataset(Path(data_root) / name)
         tensors, fmeta = load_tensors(features[name])
         if fmeta.get("backbone_fingerprint") != model.fingerprint:
             raise CheckpointError(f"{features[name]} was computed with another backbone")
         routes = routes_of(spec, tensors)
+        cache = None
+        if reuse:
+            cache = RoutedFeatureCache(model, prepared.meta["sha256"]["test_images.npy"], spec.speed)
+            cache.load(cache_in / f"{name}.safetensors")
         res = evaluate_dataset(
             model,
             tok,
@@ -138,7 +154,12 @@ def evaluate_step(
             zero_shot_features=tensors["zero_shot"],
             zero_shot_head=tensors.get("zero_shot_head"),
             batch_size=spec.batch_size,
+            feature_cache=cache,
         )
+        if cache is not None:
+            cache.save(cache_out / f"{name}.safetensors", name)
+            for k, v in cache.stats().items():
+                work[k] += v
         results[name] = res.to_json()
         log.info("task %s on %s: %.2f%%", spec.task, name, res.accuracy)
     write_json(
@@ -148,7 +169,7 @@ def evaluate_step(
                 "task": spec.task,
                 "trained_on": None if spec.task is None else spec.datasets[spec.task],
                 "results": results,
-                "cost": cost(start, device),
+                "cost": {**cost(start, device), **({"work": work} if reuse else {})},
                 **provenance(spec),
             }
         ),

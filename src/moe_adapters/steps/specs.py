@@ -81,6 +81,7 @@ class Runtime:
     checkpoint_every: int
     batched_experts: bool
     truncate_text: bool
+    reuse_features: bool = True  # evaluation: reuse provably unchanged routed features of the previous checkpoint
 
     def args(self) -> str:
         """The command-line options that carry it (as the workflow's shell commands write them)."""
@@ -111,6 +112,7 @@ def runtime_of(rc: RunConfig, evaluation: bool = False) -> Runtime:
         checkpoint_every=rc.train.checkpoint_every,
         batched_experts=rc.speed.batched_experts,
         truncate_text=rc.speed.truncate_text,
+        reuse_features=rc.speed.reuse_features,
     )
 
 
