@@ -12,6 +12,7 @@ from pathlib import Path
 
 import open_clip
 import torch
+import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock, text_global_pool
 from torch import nn
 
@@ -142,6 +143,30 @@ def backbone_fingerprint(clip: nn.Module) -> str:
     return h.hexdigest()
 
 
+def _attention(blk: ResidualAttentionBlock, q: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    """Self-attention of a batch-first block on q [B, N, D], with a contiguous input to its projections.
+
+    Without gradients this is open_clip's own call, so that evaluation stays bit for bit plain open_clip (its
+    image blocks then take PyTorch's fused fast path). With gradients nn.MultiheadAttention cannot take that
+    path: it transposes a batch-first input to sequence-first and hands the resulting non-contiguous view to the
+    in-projection, which PyTorch then runs as a batched multiply over copies of the weight, about three times
+    slower forward and four times backward than one matrix multiply. Here the sequence-first input is made
+    contiguous first (one copy of the activations), as in OpenAI CLIP's sequence-first layout; the computation
+    is the same, summed in another order (equal to about 1e-7 relative).
+    """
+    if not torch.is_grad_enabled() or getattr(blk.attn, "_compiled_call_impl", None) is not None:
+        return blk.attention(q_x=q, attn_mask=attn_mask)  # evaluation, or speed.compile's compiled module
+    a = blk.attn
+    seq = q.transpose(0, 1).contiguous()  # [N, B, D]
+    mask = attn_mask.to(q.dtype) if attn_mask is not None else None
+    out, _ = F.multi_head_attention_forward(
+        seq, seq, seq, a.embed_dim, a.num_heads, a.in_proj_weight, a.in_proj_bias, a.bias_k, a.bias_v,
+        a.add_zero_attn, a.dropout, a.out_proj.weight, a.out_proj.bias,
+        training=a.training, need_weights=False, attn_mask=mask,
+    )
+    return out.transpose(0, 1)
+
+
 class MoECLIP(nn.Module):
     """An open_clip CLIP whose every residual block carries a parallel MoE adapter."""
 
@@ -153,6 +178,8 @@ class MoECLIP(nn.Module):
             for b in blocks.resblocks:
                 if type(b) is not ResidualAttentionBlock:
                     raise TypeError(f"{tower} blocks must be open_clip ResidualAttentionBlock, got {type(b)}")
+                if not b.attn._qkv_same_embed_dim:
+                    raise TypeError(f"{tower} blocks must pack their q, k, v projections (open_clip's default)")
         self.clip = clip
         self.spec = spec
         self.backbone = backbone
@@ -198,7 +225,7 @@ class MoECLIP(nn.Module):
             return x
         noisy = self._noisy()
         for i, (blk, moe) in enumerate(zip(blocks, moe_layers, strict=True)):
-            x = x + blk.ls_1(blk.attention(q_x=blk.ln_1(x), attn_mask=attn_mask))
+            x = x + blk.ls_1(_attention(blk, blk.ln_1(x), attn_mask))
             y = moe(x, route, noisy, None if counts is None else counts[i], self.batched_experts)
             x = x + blk.ls_2(blk.mlp(blk.ln_2(x))) + y
         return x
