@@ -126,8 +126,9 @@ def test_training_attention_equals_open_clip_and_evaluation_is_open_clip_bit_for
 
 
 def test_training_forward_and_gradients_equal_open_clip_attention(tiny_model, tokenizer, monkeypatch):
-    """A whole training forward and backward of both towers with the grad-mode attention gives the loss and the
-    gradients that open_clip's own attention call gives (to 1e-6)."""
+    """A whole training forward and backward of both towers, with the grad-mode attention and the last block cut
+    to the positions that reach the output, gives the loss, the gradients and the selection counts that open_clip's
+    own attention call over every position gives (to 1e-6)."""
     import moe_adapters.model.clip as clip_module
 
     m = tiny_model
@@ -140,18 +141,40 @@ def test_training_forward_and_gradients_equal_open_clip_attention(tiny_model, to
 
     def loss_and_grads():
         torch.manual_seed(7)
-        text = m.encode_text(tokens, 1, normalize=True)
-        image = m.encode_image(images, 1, normalize=True)
+        counts = m.new_counts()
+        text = m.encode_text(tokens, 1, counts["text"], normalize=True)
+        image = m.encode_image(images, 1, counts["visual"], normalize=True)
         loss = torch.nn.functional.cross_entropy(20.0 * image @ text.T, torch.tensor([0, 1, 2, 0]))
         grads = torch.autograd.grad(loss, params, allow_unused=True)
-        return loss.detach(), grads
+        return loss.detach(), grads, counts
 
-    loss_ours, grads_ours = loss_and_grads()
+    assert m.cut_last_block
+    loss_ours, grads_ours, counts_ours = loss_and_grads()
     monkeypatch.setattr(clip_module, "_attention", lambda blk, q, mask: blk.attention(q_x=q, attn_mask=mask))
-    loss_ref, grads_ref = loss_and_grads()
+    m.cut_last_block = False
+    loss_ref, grads_ref, counts_ref = loss_and_grads()
     assert _rel(loss_ours, loss_ref) < 1e-6
+    assert all(torch.equal(counts_ours[t], counts_ref[t]) for t in counts_ref)
     with_grad = [(a, b) for a, b in zip(grads_ours, grads_ref, strict=True) if b is not None]
     assert len(with_grad) > 10
     assert all((a is None) == (b is None) for a, b in zip(grads_ours, grads_ref, strict=True))
     flat = lambda gs: torch.cat([t.flatten() for t in gs])  # noqa: E731
     assert _rel(flat(a for a, _ in with_grad), flat(b for _, b in with_grad)) < 1e-6
+
+
+def test_last_block_attention_at_kept_positions_equals_those_rows_of_the_full_attention(tiny_model):
+    """_attention_at computes the full attention's rows at the kept positions (per sample, the causal mask's own
+    row for each), so the cut last block reads the same numbers."""
+    from moe_adapters.model.clip import _attention, _attention_at
+
+    c = tiny_model.clip
+    blk = c.transformer.resblocks[-1]
+    n = 7
+    x = torch.randn(3, n, c.transformer.width, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    keep = torch.tensor([[0, 6], [0, 2], [0, 4]])
+    full = _attention(blk, x, c.attn_mask[:n, :n])
+    cut = _attention_at(blk, x, keep, c.attn_mask[:n, :n])
+    want = full[torch.arange(3).unsqueeze(1), keep]
+    assert cut.shape == (3, 2, c.transformer.width)
+    assert _rel(cut, want) < 1e-6
+    assert not torch.allclose(cut[1, 1], full[1, 4], atol=1e-3)  # each sample's own position, not another's
