@@ -9,6 +9,9 @@ reference's discarded balance loss and its counting are left out here; benchmark
 run in the same process on the same inputs, alternating call by call; the script checks that they agree and
 prints both medians and their ratio.
 
+Measured on the project's 2-core CPU (2 threads, load average about 5 from other jobs): 1.04 s against 3.26 s
+at batch 64 (3.1x), 54 ms against 131 ms at batch 4 (2.4x); output within 1.9e-7, gradients within 8.9e-7.
+
     python benchmarks/moe_layer.py                   # CPU, paper shapes (batch 64)
     python benchmarks/moe_layer.py --device cuda
 """
@@ -73,11 +76,16 @@ def main() -> None:
     outs, grads = [], []
     for path in (ours, reference):
         y = path(x, False)
-        g = torch.autograd.grad(y.square().mean(), [x, layer.experts[0].down_proj.weight, layer.routers[0]])
+        wanted = [x, layer.routers[0], *(p for e in layer.experts for p in e.parameters())]
+        g = torch.autograd.grad(y.square().mean(), wanted, allow_unused=True)  # unchosen experts: None
         outs.append(y.detach())
         grads.append(g)
     rel = ((outs[0] - outs[1]).norm() / outs[1].norm()).item()
-    grad_rel = max(((a - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(*grads, strict=True))
+    if any((a is None) != (b is None) for a, b in zip(*grads, strict=True)):
+        raise SystemExit("the two paths give gradients to different experts")
+    grad_rel = max(
+        ((a - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(*grads, strict=True) if b is not None
+    )
 
     # Timing in training conditions (dropout on, noisy gating), alternating the two call by call.
     layer.train()

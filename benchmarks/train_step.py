@@ -6,7 +6,8 @@ both alike; the medians are compared.
 
 Ours: MoECLIP (open_clip ViT, batch-first) as the training loop runs it: selections counted, batched experts
 (only the experts some sample chose), text cut after the longest prompt's end token, sequence-first contiguous
-input to the attention projections.
+input to the attention projections, the last block of each tower computed only at the positions that reach the
+output (class token; the text's token 0 and end token). Every one of these is exact.
 Baseline: the reference's computation (see reference_baseline.py for what it does and what it leaves out):
 sequence-first OpenAI-CLIP blocks, sparse dispatch by gather and index_add (every expert called, empty ones
 dropped), the full 77-token text context, text features of every class recomputed each step.
@@ -15,7 +16,9 @@ Before timing, one pass of each in eval mode (no dropout) with the gating noise 
 checks that both give the same loss and the same gradient for every trainable tensor (and no gradient for the
 same experts); then a few optimizer steps of each, the same way, check that every tensor's change and its AdamW
 state (step count, both moments) agree, so the two stay the same across a run. Timing: full steps in train mode
-(dropout and noise on): forward, zero_grad, backward, AdamW.
+(dropout and noise on): forward, zero_grad, backward, AdamW. Besides the wall-time medians it prints the CPU time
+the process used per step (less stretched by other jobs on a shared machine) and the FLOPs of one step of each
+path (torch.utils.flop_counter: matmuls, convolutions, attention), which no machine changes.
 
     python benchmarks/train_step.py                       # CPU preset: ViT-B/16, 4 images, 10 prompts, 2 threads
     python benchmarks/train_step.py --preset gpu          # paper: batch 64, 100 and 397 classes, fp32, peak memory
