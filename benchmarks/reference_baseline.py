@@ -23,7 +23,6 @@ against our model in the same run, and check that both give the same loss, gradi
   77-token prompts, then the image features, both L2-normalised, ``cross_entropy(logit_scale.exp() * img @
   txt.T, labels, label_smoothing)``, ``zero_grad()``, ``backward()``, ``AdamW.step()`` over every unfrozen expert
   and ALL routers and noise weights of every block (those of other tasks get no gradient, so AdamW skips them).
-
 - What every MoE block also computes and the loss never uses, because it costs time: the balance loss
   (``cv_squared`` of importance and load, the load from the Normal-CDF ``_prob_in_top_k`` when the gating is
   noisy), and the selection counting with ``collections.Counter`` over ``torch.nonzero(gates)[:, 1].tolist()``
