@@ -86,3 +86,95 @@ def test_expert_and_router_totals_split_as_in_spec():
     assert c["experts"] == 43_625_472
     assert c["moe"] - c["experts"] == 7_434_240
     assert MoECLIP(clip, CIL_SPEC, BackboneSpec("ViT-B-16", True, None), init_seed=42).parameter_counts()["moe"] == 4_027_392
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.detach() - b.detach()).norm() / b.detach().norm().clamp_min(1e-30))
+
+
+def test_training_attention_equals_open_clip_and_evaluation_is_open_clip_bit_for_bit(tiny_model):
+    """The grad-mode attention (sequence-first, contiguous input to the projections) computes what open_clip's
+    batch-first nn.MultiheadAttention call computes, values and input gradients, in both towers (the text one
+    with its causal mask); without gradients it is open_clip's own call, bit for bit."""
+    from moe_adapters.model.clip import _attention
+
+    c = tiny_model.clip
+    g = torch.Generator().manual_seed(0)
+    n = 9
+    cases = {
+        "visual": (c.visual.transformer.resblocks[1], torch.randn(3, 17, c.visual.transformer.width, generator=g), None),
+        "text": (c.transformer.resblocks[1], torch.randn(3, n, c.transformer.width, generator=g), c.attn_mask[:n, :n]),
+    }
+    for tower, (blk, x, mask) in cases.items():
+        blk.train()
+        x = x.requires_grad_()
+        ours = _attention(blk, x, mask)
+        theirs = blk.attention(q_x=x, attn_mask=mask)
+        assert ours.shape == theirs.shape == x.shape
+        assert _rel(ours, theirs) < 1e-6, tower
+        w = torch.randn(x.shape, generator=g)
+        (g_ours,) = torch.autograd.grad((ours * w).sum(), x)
+        (g_theirs,) = torch.autograd.grad((theirs * w).sum(), x)
+        assert _rel(g_ours, g_theirs) < 1e-6, tower
+        if mask is not None:  # the mask is applied: a later token changes no earlier output
+            y = x.detach().clone()
+            y[:, -1] += 1.0
+            assert torch.allclose(_attention(blk, y.requires_grad_(), mask)[:, :-1], ours[:, :-1], atol=1e-6)
+        blk.eval()
+        with torch.no_grad():
+            assert torch.equal(_attention(blk, x, mask), blk.attention(q_x=x, attn_mask=mask)), tower
+
+
+def test_training_forward_and_gradients_equal_open_clip_attention(tiny_model, tokenizer, monkeypatch):
+    """A whole training forward and backward of both towers, with the grad-mode attention and the last block cut
+    to the positions that reach the output, gives the loss, the gradients and the selection counts that open_clip's
+    own attention call over every position gives (to 1e-6)."""
+    import moe_adapters.model.clip as clip_module
+
+    m = tiny_model
+    m.randomize_adapters(0.05, seed=3)
+    params = m.set_trainable(1)
+    m.eval()  # no dropout; the gating noise on and drawn from the same seed
+    m.eval_noise = True
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    tokens = tokenizer(["a photo of a cat.", "a diagram", "a photo of a very large dog in a park."])
+
+    def loss_and_grads():
+        torch.manual_seed(7)
+        counts = m.new_counts()
+        text = m.encode_text(tokens, 1, counts["text"], normalize=True)
+        image = m.encode_image(images, 1, counts["visual"], normalize=True)
+        loss = torch.nn.functional.cross_entropy(20.0 * image @ text.T, torch.tensor([0, 1, 2, 0]))
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return loss.detach(), grads, counts
+
+    assert m.cut_last_block
+    loss_ours, grads_ours, counts_ours = loss_and_grads()
+    monkeypatch.setattr(clip_module, "_attention", lambda blk, q, mask: blk.attention(q_x=q, attn_mask=mask))
+    m.cut_last_block = False
+    loss_ref, grads_ref, counts_ref = loss_and_grads()
+    assert _rel(loss_ours, loss_ref) < 1e-6
+    assert all(torch.equal(counts_ours[t], counts_ref[t]) for t in counts_ref)
+    with_grad = [(a, b) for a, b in zip(grads_ours, grads_ref, strict=True) if b is not None]
+    assert len(with_grad) > 10
+    assert all((a is None) == (b is None) for a, b in zip(grads_ours, grads_ref, strict=True))
+    flat = lambda gs: torch.cat([t.flatten() for t in gs])  # noqa: E731
+    assert _rel(flat(a for a, _ in with_grad), flat(b for _, b in with_grad)) < 1e-6
+
+
+def test_last_block_attention_at_kept_positions_equals_those_rows_of_the_full_attention(tiny_model):
+    """_attention_at computes the full attention's rows at the kept positions (per sample, the causal mask's own
+    row for each), so the cut last block reads the same numbers."""
+    from moe_adapters.model.clip import _attention, _attention_at
+
+    c = tiny_model.clip
+    blk = c.transformer.resblocks[-1]
+    n = 7
+    x = torch.randn(3, n, c.transformer.width, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    keep = torch.tensor([[0, 6], [0, 2], [0, 4]])
+    full = _attention(blk, x, c.attn_mask[:n, :n])
+    cut = _attention_at(blk, x, keep, c.attn_mask[:n, :n])
+    want = full[torch.arange(3).unsqueeze(1), keep]
+    assert cut.shape == (3, 2, c.transformer.width)
+    assert _rel(cut, want) < 1e-6
+    assert not torch.allclose(cut[1, 1], full[1, 4], atol=1e-3)  # each sample's own position, not another's

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import open_clip
 import torch
+import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock, text_global_pool
 from torch import nn
 
@@ -142,6 +143,52 @@ def backbone_fingerprint(clip: nn.Module) -> str:
     return h.hexdigest()
 
 
+def _attention(blk: ResidualAttentionBlock, q: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    """Self-attention of a batch-first block on q [B, N, D], with a contiguous input to its projections.
+
+    Without gradients this is open_clip's own call, so that evaluation stays bit for bit plain open_clip (its
+    image blocks then take PyTorch's fused fast path). With gradients nn.MultiheadAttention cannot take that
+    path: it transposes a batch-first input to sequence-first and hands the resulting non-contiguous view to the
+    in-projection, which PyTorch then runs as a batched multiply over copies of the weight, about three times
+    slower forward and four times backward than one matrix multiply. Here the sequence-first input is made
+    contiguous first (one copy of the activations), as in OpenAI CLIP's sequence-first layout; the computation
+    is the same, summed in another order (equal to about 1e-7 relative).
+    """
+    if not torch.is_grad_enabled() or getattr(blk.attn, "_compiled_call_impl", None) is not None:
+        return blk.attention(q_x=q, attn_mask=attn_mask)  # evaluation, or speed.compile's compiled module
+    a = blk.attn
+    seq = q.transpose(0, 1).contiguous()  # [N, B, D]
+    mask = attn_mask.to(q.dtype) if attn_mask is not None else None
+    out, _ = F.multi_head_attention_forward(
+        seq, seq, seq, a.embed_dim, a.num_heads, a.in_proj_weight, a.in_proj_bias, a.bias_k, a.bias_v,
+        a.add_zero_attn, a.dropout, a.out_proj.weight, a.out_proj.bias,
+        training=a.training, need_weights=False, attn_mask=mask,
+    )
+    return out.transpose(0, 1)
+
+
+def _attention_at(blk: ResidualAttentionBlock, q: torch.Tensor, keep: torch.Tensor, attn_mask) -> torch.Tensor:
+    """Self-attention outputs [B, K, D] at the positions keep [B, K] only, every token a key and a value.
+
+    The queries, the attention rows and the out-projection of the other positions are never computed: what the
+    last block needs when only some positions reach the output. The same computation as at those positions of
+    _attention, summed in another order (the query and key/value projections as two multiplies instead of one).
+    """
+    a = blk.attn
+    rows = torch.arange(q.shape[0], device=q.device).unsqueeze(1)
+    query = q[rows, keep].transpose(0, 1).contiguous()  # [K, B, D]
+    kv = q.transpose(0, 1).contiguous()  # [N, B, D]
+    mask = None
+    if attn_mask is not None:  # each kept position's own row of the mask, per sample and head: [B * H, K, N]
+        mask = attn_mask.to(q.dtype)[keep].repeat_interleave(a.num_heads, dim=0)
+    out, _ = F.multi_head_attention_forward(
+        query, kv, kv, a.embed_dim, a.num_heads, a.in_proj_weight, a.in_proj_bias, a.bias_k, a.bias_v,
+        a.add_zero_attn, a.dropout, a.out_proj.weight, a.out_proj.bias,
+        training=a.training, need_weights=False, attn_mask=mask,
+    )
+    return out.transpose(0, 1)
+
+
 class MoECLIP(nn.Module):
     """An open_clip CLIP whose every residual block carries a parallel MoE adapter."""
 
@@ -153,6 +200,8 @@ class MoECLIP(nn.Module):
             for b in blocks.resblocks:
                 if type(b) is not ResidualAttentionBlock:
                     raise TypeError(f"{tower} blocks must be open_clip ResidualAttentionBlock, got {type(b)}")
+                if not b.attn._qkv_same_embed_dim:
+                    raise TypeError(f"{tower} blocks must pack their q, k, v projections (open_clip's default)")
         self.clip = clip
         self.spec = spec
         self.backbone = backbone
@@ -170,6 +219,10 @@ class MoECLIP(nn.Module):
         self.register_buffer("frozen_text", torch.zeros(n_t, spec.num_experts, dtype=torch.bool))
         self.batched_experts = True
         self.truncate_text = True
+        # With gradients (training), the last block computes only the positions that reach the output (token 0,
+        # and the text's end token): exact, as the other positions' outputs are never read. Evaluation runs
+        # open_clip's blocks as they are.
+        self.cut_last_block = True
         self.eval_noise = False  # CIL reference quirk: gating noise stays on at test time
         self.autocast_dtype: torch.dtype | None = None  # speed.bf16_autocast: torch.bfloat16 (not exact)
         self._fingerprint: str | None = None
@@ -191,17 +244,33 @@ class MoECLIP(nn.Module):
     def _noisy(self) -> bool:
         return self.training or self.eval_noise
 
-    def _blocks(self, blocks, moe_layers, x, attn_mask, route, counts):
+    def _blocks(self, blocks, moe_layers, x, attn_mask, route, counts, keep=None):
+        """The blocks on x [B, N, D]. `keep` [B, K] (its first column 0, the routing token): the positions that
+        reach the output; where the last block is cut (see cut_last_block), it returns only those [B, K, D]."""
         if route == ZERO_SHOT:
             for blk in blocks:
                 x = blk(x, attn_mask=attn_mask)
             return x
         noisy = self._noisy()
+        cut = self._cuts_last_block(blocks, route, keep)
         for i, (blk, moe) in enumerate(zip(blocks, moe_layers, strict=True)):
-            x = x + blk.ls_1(blk.attention(q_x=blk.ln_1(x), attn_mask=attn_mask))
+            if cut and i == len(blocks) - 1:
+                rows = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
+                x = x[rows, keep] + blk.ls_1(_attention_at(blk, blk.ln_1(x), keep, attn_mask))
+            else:
+                x = x + blk.ls_1(_attention(blk, blk.ln_1(x), attn_mask))
             y = moe(x, route, noisy, None if counts is None else counts[i], self.batched_experts)
             x = x + blk.ls_2(blk.mlp(blk.ln_2(x))) + y
         return x
+
+    def _cuts_last_block(self, blocks, route: int, keep) -> bool:
+        return (
+            keep is not None
+            and route != ZERO_SHOT
+            and self.cut_last_block
+            and torch.is_grad_enabled()
+            and getattr(blocks[-1].attn, "_compiled_call_impl", None) is None
+        )
 
     def _check_route(self, route: int) -> None:
         if route != ZERO_SHOT and not 0 <= route < self.spec.num_routers:
@@ -249,7 +318,10 @@ class MoECLIP(nn.Module):
         self._check_route(route)
         v = self.clip.visual
         x = v._embeds(images.to(v.conv1.weight.dtype))  # a float64 model (tests) takes float32 images too
-        x = self._blocks(v.transformer.resblocks, self.visual_moe, x, None, route, counts)
+        keep = None
+        if v.attn_pool is None and v.pool_type == "tok":  # the output reads the class token only
+            keep = torch.zeros(x.shape[0], 1, dtype=torch.long, device=x.device)
+        x = self._blocks(v.transformer.resblocks, self.visual_moe, x, None, route, counts, keep)
         pooled, _ = v._pool(x)
         if v.proj is not None:
             pooled = pooled @ v.proj
@@ -277,9 +349,16 @@ class MoECLIP(nn.Module):
         cast = c.transformer.get_cast_dtype()
         x = c.token_embedding(tokens).to(cast) + c.positional_embedding[:n].to(cast)
         mask = c.attn_mask[:n, :n] if c.attn_mask is not None else None
-        x = self._blocks(c.transformer.resblocks, self.text_moe, x, mask, route, counts)
+        keep = None
+        if c.text_pool_type == "argmax":  # the output reads the end token; the router reads token 0
+            end = tokens.argmax(dim=-1)
+            keep = torch.stack([torch.zeros_like(end), end], dim=1)
+        x = self._blocks(c.transformer.resblocks, self.text_moe, x, mask, route, counts, keep)
         x = c.ln_final(x)
-        x = text_global_pool(x, tokens, c.text_pool_type, eos_token_id=getattr(c, "text_eos_id", None))
+        if self._cuts_last_block(c.transformer.resblocks, route, keep):  # [B, 2, D], the end token second
+            x = x[:, 1]
+        else:
+            x = text_global_pool(x, tokens, c.text_pool_type, eos_token_id=getattr(c, "text_eos_id", None))
         if c.text_projection is not None:
             x = c.text_projection(x) if isinstance(c.text_projection, nn.Linear) else x @ c.text_projection
         return nn.functional.normalize(x, dim=-1) if normalize else x
