@@ -59,12 +59,15 @@ def slurm_node():
 
 
 def rule_threads(repo: Path, cores: int) -> dict[str, int]:
-    """{rule: the threads it had in the local run}: `threads: workflow.cores` is the mini profile's cores."""
+    """{rule: the threads it had in the local run}: `threads: workflow.cores` is the mini profile's cores, and its
+    set-threads override both."""
     threads = {}
     for f in [repo / "Snakefile", *sorted((repo / "workflow/rules").glob("*.smk"))]:
         for name, body in re.findall(r"^ *rule (\w+):\n((?:\s*\n| {4,}.*\n)*)", f.read_text(), re.M):
             m = re.search(r"^\s+threads: (\S+)$", body, re.M)
             threads[name] = cores if m and m.group(1) == "workflow.cores" else int(m.group(1)) if m else 1
+    mini = yaml.safe_load((repo / "profiles/mini/config.yaml").read_text())
+    threads.update(mini.get("set-threads") or {})  # the mini profile's own overrides win, as in the local run
     return threads
 
 

@@ -30,6 +30,7 @@ if BENCH == "mini":
             weights=CFG.model.pretrained,
         log:
             f"{R}/logs/pretrain.log",
+        priority: 10  # first on the critical path (pretraining, then the tasks)
         conda:
             ENV
         threads: workflow.cores

@@ -14,6 +14,7 @@ rule train_task:
         f"{R}/{{run}}/logs/train_task_{{k}}.log",
     wildcard_constraints:
         run=TRAINED_RUN,
+    priority: 10  # the chain of tasks is the critical path: a ready task starts before any evaluation or figure
     conda:
         ENV
     threads: workflow.cores
