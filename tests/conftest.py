@@ -60,8 +60,12 @@ def ae_config(**overrides):
 
 # Expensive shared fixtures, each built once per test session: under `pytest -n 2 --dist loadgroup` (make test)
 # every test that uses one runs on the same worker as the others that do, in the group named here (the first that
-# matches wins, so a test using both the reduced mini and the SLURM cluster stays with the reduced mini).
-SHARED_FIXTURE_GROUPS = {"reduced_mini_run": "reduced_mini", "imported": "imported_release", "slurm": "slurm"}
+# matches wins, so the SLURM run of the reduced mini stays with the reduced mini it is compared with).
+SHARED_FIXTURE_GROUPS = {
+    "reduced_mini_run": "reduced_mini",
+    "imported": "imported_release",
+    "slurm": "slurm",
+}
 
 
 def _join_group(item, group: str) -> None:

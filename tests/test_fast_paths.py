@@ -160,7 +160,10 @@ def test_batched_experts_train_as_the_dispatch_path_over_adamw_steps(tokenizer):
     for name, st in ref["state"].items():
         assert torch.equal(fast["state"][name]["step"], st["step"]), name  # AdamW stepped the same experts
         for k in ("exp_avg", "exp_avg_sq"):
-            assert torch.allclose(fast["state"][name][k], st[k], rtol=1e-9, atol=0), (name, k)
+            # 1e-9 of each element, or of the tensor's largest where an element's sum cancels: the two paths sum in
+            # different orders, which with one thread left an element of 1e-11 of its tensor's scale at 1.8e-9 rel.
+            scale = float(st[k].abs().max())
+            assert torch.allclose(fast["state"][name][k], st[k], rtol=1e-9, atol=1e-9 * scale), (name, k)
     for name, w in ref["weights"].items():
         if name in never:
             assert torch.equal(fast["weights"][name], w), name  # untouched, bit for bit
