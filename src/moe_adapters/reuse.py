@@ -33,17 +33,12 @@ import torch
 
 from .checkpoint import CheckpointError, load_tensors, save_tensors
 from .integrity import IntegrityError
+from .model.clip import hash_tensor
 
 log = logging.getLogger(__name__)
 
 KIND = "routed_features"
-VERSION = 1
-
-
-def _update(h, t: torch.Tensor) -> None:
-    t = t.detach().to("cpu").contiguous()
-    h.update(f"{t.dtype}{list(t.shape)}".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+VERSION = 2  # 2: tensors hashed as the backbone fingerprint hashes them (model.clip.hash_tensor)
 
 
 def expert_digests(model) -> list[list[str]]:
@@ -54,7 +49,7 @@ def expert_digests(model) -> list[list[str]]:
         for e in moe.experts:
             h = hashlib.sha256()
             for p in (e.down_proj.weight, e.down_proj.bias, e.up_proj.weight, e.up_proj.bias):
-                _update(h, p)
+                hash_tensor(h, p)
             row.append(h.hexdigest())
         out.append(row)
     return out
@@ -64,8 +59,8 @@ def route_digest(model, route: int) -> str:
     """Content hash of router `route`'s gate and noise weights in every image-tower layer."""
     h = hashlib.sha256()
     for moe in model.visual_moe:
-        _update(h, moe.routers[route])
-        _update(h, moe.noise[route])
+        hash_tensor(h, moe.routers[route])
+        hash_tensor(h, moe.noise[route])
     return h.hexdigest()
 
 
@@ -123,7 +118,7 @@ class RoutedFeatureCache:
         h = hashlib.sha256()
         h.update(self.signature.encode())
         h.update(f"route {route} {self.route(route)}".encode())
-        _update(h, members.to(torch.int64))
+        hash_tensor(h, members.to(torch.int64))
         for layer, e in used.nonzero().tolist():
             h.update(f"{layer}.{e}:{self.experts[layer][e]};".encode())
         return h.hexdigest()

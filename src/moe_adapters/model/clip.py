@@ -132,14 +132,19 @@ def create_backbone(spec: BackboneSpec, device: str | torch.device = "cpu") -> o
     return model
 
 
+def hash_tensor(h, t: torch.Tensor) -> None:
+    """Feed a tensor's shape, dtype and bytes to the hash `h` (the same bytes on any device)."""
+    h.update(json.dumps(list(t.shape)).encode())
+    h.update(str(t.dtype).encode())
+    h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
 def backbone_fingerprint(clip: nn.Module) -> str:
     """SHA-256 over the backbone's parameter names, shapes and values: its identity in checkpoints."""
     h = hashlib.sha256()
     for name, t in sorted(clip.state_dict().items()):
         h.update(name.encode())
-        h.update(json.dumps(list(t.shape)).encode())
-        h.update(str(t.dtype).encode())
-        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        hash_tensor(h, t)
     return h.hexdigest()
 
 
