@@ -86,6 +86,21 @@ def signature(model, images_sha256: str, speed=None) -> str:
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
 
 
+class ModelDigests:
+    """The content hashes of one checkpoint's experts (all) and routes (on first use), shared by the caches of
+    every dataset that checkpoint evaluates, so each tensor is hashed once per checkpoint."""
+
+    def __init__(self, model):
+        self.model = model
+        self.experts = expert_digests(model)
+        self._routes: dict[int, str] = {}
+
+    def route(self, route: int) -> str:
+        if route not in self._routes:
+            self._routes[route] = route_digest(self.model, route)
+        return self._routes[route]
+
+
 class RoutedFeatureCache:
     """Routed image features of one dataset, reused across checkpoints only where provably identical.
 
@@ -94,11 +109,11 @@ class RoutedFeatureCache:
     by this evaluation (reused or computed), atomically and with a content hash.
     """
 
-    def __init__(self, model, images_sha256: str, speed=None):
+    def __init__(self, model, images_sha256: str, speed=None, digests: ModelDigests | None = None):
         self.model = model
         self.signature = signature(model, images_sha256, speed)
-        self.experts = expert_digests(model)
-        self._routes: dict[int, str] = {}
+        self.digests = digests if digests is not None else ModelDigests(model)  # one per checkpoint, shared
+        self.experts = self.digests.experts
         self.previous: dict[tuple[int, bytes], tuple[torch.Tensor, torch.Tensor, str]] = {}
         self.current: dict[tuple[int, bytes], tuple[torch.Tensor, torch.Tensor, str]] = {}
         self.reused = 0  # samples whose features came from the cache
@@ -110,9 +125,7 @@ class RoutedFeatureCache:
         return not (self.model.training or self.model.eval_noise)
 
     def route(self, route: int) -> str:
-        if route not in self._routes:
-            self._routes[route] = route_digest(self.model, route)
-        return self._routes[route]
+        return self.digests.route(route)
 
     def key(self, route: int, members: torch.Tensor, used: torch.Tensor) -> str:
         h = hashlib.sha256()

@@ -19,7 +19,7 @@ from ..integrity import seal
 from ..model.clip import tokenizer_for
 from ..model.ddas import DDASOptions, decide_routes
 from ..model.moe import ZERO_SHOT
-from ..reuse import RoutedFeatureCache
+from ..reuse import ModelDigests, RoutedFeatureCache
 from .build import (
     adapted_model,
     apply_speed,
@@ -133,6 +133,7 @@ def evaluate_step(
     work = {"image_forwards": 0, "reused": 0}
     cache_in = Path(previous if previous is not None else out).parent / REUSE_DIR
     cache_out = Path(out).parent / REUSE_DIR
+    digests = ModelDigests(model) if reuse else None
     for name in spec.datasets:
         prepared = PreparedDataset(Path(data_root) / name)
         tensors, fmeta = load_tensors(features[name])
@@ -141,7 +142,7 @@ def evaluate_step(
         routes = routes_of(spec, tensors)
         cache = None
         if reuse:
-            cache = RoutedFeatureCache(model, prepared.meta["sha256"]["test_images.npy"], spec.speed)
+            cache = RoutedFeatureCache(model, prepared.meta["sha256"]["test_images.npy"], spec.speed, digests)
             cache.load(cache_in / f"{name}.safetensors")
         res = evaluate_dataset(
             model,
