@@ -19,7 +19,7 @@ from moe_adapters.data.prepared import write_prepared
 from moe_adapters.model.clip import BackboneSpec, build_model, tokenizer_for
 from moe_adapters.model.moe import MoESpec
 
-from .workflow_helpers import reduced_mini_repo
+from .workflow_helpers import reduced_mini_origin, reproduce_mini
 
 # two threads on this 2-core machine; one per worker when pytest-xdist runs several
 torch.set_num_threads(1 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 else 2)
@@ -224,15 +224,33 @@ class WorkflowRun:
     config: Path
     returncode: int
     log: str
+    slurm: object | None = None  # tests/slurm_workflow.SlurmMiniRun, where the SLURM test of the reduced mini runs
 
     def check(self) -> None:
         assert self.returncode == 0, self.log[-3000:]
 
 
+def _selected(session, name: str) -> bool:
+    return any(getattr(item, "originalname", item.name) == name for item in session.items)
+
+
 @pytest.fixture(scope="session")
-def reduced_mini_run(tmp_path_factory) -> WorkflowRun:
+def reduced_mini_run(tmp_path_factory, request):
     """The reduced mini benchmark, run once by `dvc repro mini` (hence through Snakemake) in a git repository
-    holding a copy of the project; shared by the workflow, report and DVC tests."""
+    holding a copy of the project; shared by the workflow, report, DVC and SLURM tests.
+
+    Where the SLURM test of the reduced mini is selected, the same commit's MTIL table is built through a real
+    SLURM at the same time (tests/slurm_workflow.py): its jobs mostly wait for status polls, so it overlaps the
+    local run rather than following it; that test waits for it and compares."""
+    import contextlib
+
     root = tmp_path_factory.mktemp("reduced_mini")
-    repo, r = reduced_mini_repo(root, root / "remote")
-    return WorkflowRun(repo, repo / "config/mini.yaml", r.returncode, r.stderr + r.stdout)
+    repo = reduced_mini_origin(root, root / "remote")
+    with contextlib.ExitStack() as stack:
+        slurm = None
+        if _selected(request.session, "test_reduced_mini_through_slurm_matches_the_local_run"):
+            from .slurm_workflow import slurm_mini_in_background
+
+            slurm = stack.enter_context(slurm_mini_in_background(repo, root / "slurm"))
+        r = reproduce_mini(repo)
+        yield WorkflowRun(repo, repo / "config/mini.yaml", r.returncode, r.stderr + r.stdout, slurm)

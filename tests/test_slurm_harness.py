@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from .slurm_cluster import slurm  # noqa: F401  (the fixture)
+from .slurm_workflow import FAST_SLURM
 
 pytestmark = pytest.mark.slurm
 
@@ -43,19 +44,6 @@ rule b:
     shell:
         "(cat {input}; echo $SLURM_JOB_ID; echo ${{CUDA_VISIBLE_DEVICES:-none}}) > {output}"
 """
-
-# The plugin's polling: every 1 s while no job is out and after each check that saw a job end; 10 s more
-# after each check that saw none end (fixed in the plugin). A job here takes ~3 s, so it is seen running
-# once, then done 11 s later: ~12 s a job, the least these settings give (a longer first wait only adds).
-# MinJobAge=600 >= 3 x 1 s, so the plugin keeps squeue rather than falling back to sacct.
-FAST_SLURM = [
-    "--executor", "slurm",
-    "--slurm-status-command", "squeue",
-    "--slurm-init-seconds-before-status-checks", "1",
-    "--seconds-between-status-checks", "1",
-    "--slurm-keep-successful-logs",
-]  # fmt: skip
-
 
 def test_two_rules_through_sbatch(slurm, tmp_path: Path):  # noqa: F811
     (tmp_path / "Snakefile").write_text(SNAKEFILE)

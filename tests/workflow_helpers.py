@@ -83,9 +83,9 @@ def write_reduced_mini(repo: Path) -> Path:
     return path
 
 
-def reduced_mini_repo(root: Path, remote: Path) -> tuple[Path, subprocess.CompletedProcess]:
+def reduced_mini_origin(root: Path, remote: Path) -> Path:
     """A git repository holding a copy of the project with the reduced mini config, its DVC remote a local
-    folder, and the reduced mini benchmark reproduced by `dvc repro mini` (dvc.lock committed)."""
+    folder; nothing run yet."""
     repo = root / "origin"
     repo.mkdir()
     project_copy(repo)
@@ -94,11 +94,16 @@ def reduced_mini_repo(root: Path, remote: Path) -> tuple[Path, subprocess.Comple
     run(repo, "dvc", "remote", "add", "-d", "storage", str(remote))  # a user's own remote, as in the README
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-q", "-m", "project with the reduced mini benchmark")
+    return repo
+
+
+def reproduce_mini(repo: Path) -> subprocess.CompletedProcess:
+    """The reduced mini benchmark reproduced by `dvc repro mini` in `repo` (dvc.lock committed where it ran)."""
     r = run(repo, "dvc", "repro", "mini", ok=False)
     if r.returncode == 0:
         run(repo, "git", "add", "dvc.lock")
         run(repo, "git", "commit", "-q", "-m", "reduced mini run")
-    return repo, r
+    return r
 
 
 def planned_jobs(out: str) -> set[tuple[str, tuple]]:
