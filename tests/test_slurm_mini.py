@@ -6,9 +6,9 @@ workflow, DVC and report tests). A clone of the same commit builds the MTIL tabl
 through `--executor slurm`, started by that fixture beside the local run (tests/slurm_workflow.py: the SLURM jobs
 mostly wait for status polls, so the two overlap), with the real profile (executor, squeue status, latency wait,
 one `gpu` per GPU rule, runtimes) and three changes, each for a reason:
-  - each rule's threads and cpus_per_task are the local run's (2 for the training rules, as `cores: 2` of
-    profiles/mini gives them, else 1), so the results can be compared number for number (a thread count can change
-    how float sums are split); mem_mb is capped at 2000 (every mini step peaks below 1.3 GB);
+  - each rule's threads and cpus_per_task are the local run's (profiles/mini's `cores` and `set-threads`: one
+    thread a job today), so the results can be compared number for number (a thread count can change how float
+    sums are split); mem_mb is capped at 2000 (every mini step peaks below 1.3 GB);
   - the node has 4 pretend GPUs and 8 CPUs on this 2-core machine: the jobs mostly wait for the plugin's status
     polls (about 12 s a job), so they are allowed to overlap;
   - job status is polled every second: the plugin's fastest settings (FAST_SLURM in tests/slurm_workflow.py)
