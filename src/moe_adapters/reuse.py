@@ -113,7 +113,6 @@ class RoutedFeatureCache:
         self.model = model
         self.signature = signature(model, images_sha256, speed)
         self.digests = digests if digests is not None else ModelDigests(model)  # one per checkpoint, shared
-        self.experts = self.digests.experts
         self.previous: dict[tuple[int, bytes], tuple[torch.Tensor, torch.Tensor, str]] = {}
         self.current: dict[tuple[int, bytes], tuple[torch.Tensor, torch.Tensor, str]] = {}
         self.reused = 0  # samples whose features came from the cache
@@ -124,16 +123,13 @@ class RoutedFeatureCache:
         """Reuse needs deterministic features: no gating noise, no dropout (eval mode)."""
         return not (self.model.training or self.model.eval_noise)
 
-    def route(self, route: int) -> str:
-        return self.digests.route(route)
-
     def key(self, route: int, members: torch.Tensor, used: torch.Tensor) -> str:
         h = hashlib.sha256()
         h.update(self.signature.encode())
-        h.update(f"route {route} {self.route(route)}".encode())
+        h.update(f"route {route} {self.digests.route(route)}".encode())
         hash_tensor(h, members.to(torch.int64))
         for layer, e in used.nonzero().tolist():
-            h.update(f"{layer}.{e}:{self.experts[layer][e]};".encode())
+            h.update(f"{layer}.{e}:{self.digests.experts[layer][e]};".encode())
         return h.hexdigest()
 
     @staticmethod
