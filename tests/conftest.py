@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from moe_adapters.data.prepared import write_prepared
 from moe_adapters.model.clip import BackboneSpec, build_model, tokenizer_for
 from moe_adapters.model.moe import MoESpec
 
+from .slurm_workflow import SLURM_TEST, slurm_mini_in_background
 from .workflow_helpers import reduced_mini_origin, reproduce_mini
 
 # two threads on this 2-core machine; one per worker when pytest-xdist runs several
@@ -242,15 +244,11 @@ def reduced_mini_run(tmp_path_factory, request):
     Where the SLURM test of the reduced mini is selected, the same commit's MTIL table is built through a real
     SLURM at the same time (tests/slurm_workflow.py): its jobs mostly wait for status polls, so it overlaps the
     local run rather than following it; that test waits for it and compares."""
-    import contextlib
-
     root = tmp_path_factory.mktemp("reduced_mini")
     repo = reduced_mini_origin(root, root / "remote")
     with contextlib.ExitStack() as stack:
         slurm = None
-        if _selected(request.session, "test_reduced_mini_through_slurm_matches_the_local_run"):
-            from .slurm_workflow import slurm_mini_in_background
-
+        if _selected(request.session, SLURM_TEST):
             slurm = stack.enter_context(slurm_mini_in_background(repo, root / "slurm"))
         r = reproduce_mini(repo)
         yield WorkflowRun(repo, repo / "config/mini.yaml", r.returncode, r.stderr + r.stdout, slurm)

@@ -27,8 +27,8 @@ from .workflow_helpers import tool_env
 RUN = "results/mini/mini_order1"
 TARGET = "results/mini/mini_order1_table.csv"
 NODE_CPUS, NODE_GPUS = 8, 4
-SLURM_TEST = "test_reduced_mini_through_slurm_matches_the_local_run"
-TIMEOUT = 900
+SLURM_TEST = "test_reduced_mini_through_slurm_matches_the_local_run"  # tests/test_slurm_mini.py
+TIMEOUT = 600  # seconds from its start, as when the test ran it itself
 
 # The plugin's polling: every 1 s while no job is out and after each check that saw a job end; 10 s more
 # after each check that saw none end (fixed in the plugin). A job here takes ~3 s, so it is seen running

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slurm
 
 def test_reduced_mini_through_slurm_matches_the_local_run(reduced_mini_run):
     slurm = reduced_mini_run.slurm
-    assert slurm is not None  # the fixture starts it whenever this test is selected
+    assert slurm is not None  # the fixture starts it whenever this test (slurm_workflow.SLURM_TEST) is selected
     if slurm.skip:
         pytest.skip(slurm.skip)
     reduced_mini_run.check()
