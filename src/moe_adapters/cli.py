@@ -709,6 +709,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .startup import defer_dynamo
+
+    defer_dynamo()  # a job's imports without torch._dynamo, which only its optimizer (if any) loads
     args = build_parser().parse_args(argv)
     if not getattr(args, "download", False):  # nothing reaches the network unless a download is asked for
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
