@@ -25,7 +25,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .protocol import generic_datasets, learning_rate, load_protocol, order_datasets
+from .protocol import SAFE_LOADER, generic_datasets, learning_rate, load_protocol, order_datasets
 
 SCHEMA_PATH = Path(str(resources.files("moe_adapters") / "schemas" / "config.schema.yaml"))
 BENCHMARK_DEFAULTS = Path(str(resources.files("moe_adapters") / "configs"))
@@ -312,13 +312,15 @@ def from_plain(cls, data: Mapping[str, Any]):
 
 @cache
 def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    return yaml.load(SCHEMA_PATH.read_text(), Loader=SAFE_LOADER)
 
 
+@cache
 def benchmark_defaults(benchmark: str) -> dict:
-    """The packaged defaults of a benchmark (empty for the paper's: the schema's defaults are the paper)."""
+    """The packaged defaults of a benchmark (empty for the paper's: the schema's defaults are the paper); read once
+    a process, and never to be changed in place (deep_merge copies it)."""
     p = BENCHMARK_DEFAULTS / f"{benchmark}.yaml"
-    return yaml.safe_load(p.read_text()) or {} if p.is_file() else {}
+    return yaml.load(p.read_text(), Loader=SAFE_LOADER) or {} if p.is_file() else {}
 
 
 def deep_merge(base: Mapping, over: Mapping) -> dict:
@@ -645,15 +647,22 @@ def config_hash(rc: RunConfig) -> str:
 def reference_config(rc: RunConfig) -> RunConfig:
     """The reference's settings for the same setting (benchmark, order and shots; or the class-incremental dataset
     and steps): what deviations are measured against. A protocol file of one's own is a deviation of its own; the
-    reference's settings are still read with it where they fit it."""
-    select = {"order": rc.order, "shots": rc.shots}
-    if rc.cil is not None:
-        select = {"setting": "cil", "cil": {"dataset": rc.cil.dataset, "steps": rc.cil.steps}}
+    reference's settings are still read with it where they fit it. Resolved once a process per setting (a
+    workflow's DAG asks for it once per job; protocol files are read once a process too)."""
+    cil = (rc.cil.dataset, rc.cil.steps) if rc.cil is not None else None
+    return _reference_config(rc.benchmark, rc.protocol, rc.order, rc.shots, cil, rc.ddas.generic_dataset)
+
+
+@cache
+def _reference_config(benchmark, protocol, order, shots, cil, generic_dataset) -> RunConfig:
+    select = {"order": order, "shots": shots}
+    if cil is not None:
+        select = {"setting": "cil", "cil": {"dataset": cil[0], "steps": cil[1]}}
     try:
-        return resolve({"benchmark": rc.benchmark, "protocol": rc.protocol, **select})
+        return resolve({"benchmark": benchmark, "protocol": protocol, **select})
     except ConfigError:
-        return resolve({"benchmark": rc.benchmark, "protocol": rc.protocol, **select,
-                        "ddas": {"generic_dataset": rc.ddas.generic_dataset}})
+        return resolve({"benchmark": benchmark, "protocol": protocol, **select,
+                        "ddas": {"generic_dataset": generic_dataset}})
 
 
 def deviations(rc: RunConfig) -> dict[str, dict[str, Any]]:
