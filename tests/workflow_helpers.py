@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from .snakemake_fork import run_snakemake
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -36,13 +38,17 @@ def snakemake(workdir, *args, timeout=900) -> subprocess.CompletedProcess:
     """
     workdir = Path(workdir)
     snakefile = workdir / "Snakefile" if (workdir / "Snakefile").is_file() else REPO / "Snakefile"
-    cmd = [*SNAKEMAKE, "-s", str(snakefile), "-d", str(workdir), "--workflow-profile", "none", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=tool_env(workdir), timeout=timeout)
+    args = ["-s", str(snakefile), "-d", str(workdir), "--workflow-profile", "none", *args]
+    return run_snakemake(args, cwd=Path.cwd(), env=tool_env(workdir), timeout=timeout)
 
 
 def run(cwd: Path, *cmd: str, ok: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
     """A command (git, dvc, snakemake) in `cwd`, offline, with the copy's code; fails loudly unless ok=False."""
-    r = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, env=tool_env(cwd), timeout=timeout)
+    cmd = list(cmd)
+    if cmd[:3] == SNAKEMAKE or cmd[:1] == ["snakemake"]:  # forked from a process that has imported Snakemake
+        r = run_snakemake(cmd[3 if cmd[:3] == SNAKEMAKE else 1 :], cwd=cwd, env=tool_env(cwd), timeout=timeout)
+    else:
+        r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=tool_env(cwd), timeout=timeout)
     if ok and r.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     return r
