@@ -17,6 +17,7 @@ from moe_adapters.config import (
     read_yaml,
     run_config_yaml,
 )
+from moe_adapters.fsutil import write_text
 from moe_adapters.workflow.plan import Plan
 
 
@@ -261,9 +262,10 @@ def deviations_text(w):
     return format_deviations(PLAN.spec("report", w.run).deviations)
 
 
-def run_config_text(w):
-    """`<run>/config.yaml`'s text: a run's config is the plan's (variants, --config)."""
-    return run_config_yaml(PLAN.run(w.run))
+def write_run_config(out, log, run):
+    """`<run>/config.yaml`, written by Snakemake itself: a run's config is the plan's (variants, --config)."""
+    write_text(out, run_config_yaml(PLAN.run(run)))
+    write_text(log, f"wrote {out}\n")
 
 
 def pretrained_arg(w, input):

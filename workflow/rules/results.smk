@@ -14,18 +14,12 @@ rule run_config:
         ),
     log:
         f"{R}/{{run}}/logs/run_config.log",
-    conda:
-        ENV
     params:
         spec=planned(report_params),
         config_hash=planned(config_hash),
         deviations=planned(deviations_text),
-        text=planned(run_config_text),
-    # the text is the plan's, computed with the DAG; a shell writes it (a `run:` job would cost a Snakemake
-    # process of its own, about 2 s), through a temporary file renamed into place
-    shell:
-        "printf '%s' {params.text:q} > {output.config}.tmp && mv -f {output.config}.tmp {output.config} "
-        "&& echo 'wrote {output.config}' > {log}"
+    run:
+        write_run_config(output.config, log[0], wildcards.run)
 
 
 rule matrix:
