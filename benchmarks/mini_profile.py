@@ -129,5 +129,6 @@ def main() -> None:
               f"a training job (its optimizer imports torch._dynamo); {heavy} jobs ran at least that long: about "
               f"{spent:.0f} s of the {busy:.0f} s job time")
 
+
 if __name__ == "__main__":
     main()

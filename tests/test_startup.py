@@ -15,7 +15,6 @@ from moe_adapters.startup import defer_dynamo
 FORWARD = """
 import torch
 from moe_adapters.model.clip import BackboneSpec, build_model
-from moe_adapters.model.moe import MoESpec
 from tests.conftest import moe_spec, trained_looking
 torch.set_num_threads(1)
 model = trained_looking(build_model(BackboneSpec("tiny-clip", True, None), moe_spec(), init_seed=0)).eval()
