@@ -119,6 +119,30 @@ def shipped_repo(root: Path) -> Path:
     return repo
 
 
+def test_a_project_copy_leaves_out_a_developers_untracked_dvc_lock(tmp_path):
+    """The tests' project copies are the project as a clone has it: a `dvc.lock` from the developer's own
+    `make mini` (untracked) would make their DVC runs start from that run's record; a tracked one is kept."""
+    src = tmp_path / "src"
+    (src / "workflow").mkdir(parents=True)
+    (src / ".gitignore").write_text("/results/*\n")
+    (src / "Snakefile").write_text("tracked\n")
+    (src / "workflow/new_rule.smk").write_text("new, not yet added\n")
+    (src / "dvc.lock").write_text("schema: '2.0'\n")
+    (src / "results").mkdir()
+    (src / "results/table.csv").write_text("generated\n")
+    run(src, "git", "init", "-q", "-b", "main")
+    run(src, "git", "add", "Snakefile", ".gitignore")
+
+    def copied(name: str) -> list[str]:
+        (dest := tmp_path / name).mkdir()
+        project_copy(dest, root=src)
+        return sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+
+    assert copied("a") == [".gitignore", "Snakefile", "workflow/new_rule.smk"]
+    run(src, "git", "add", "dvc.lock")  # a project that tracks its dvc.lock: the copy has it
+    assert copied("b") == [".gitignore", "Snakefile", "dvc.lock", "workflow/new_rule.smk"]
+
+
 def digest(paths) -> dict[str, str]:
     out = {}
     for base in paths:

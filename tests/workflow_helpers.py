@@ -54,13 +54,25 @@ def run(cwd: Path, *cmd: str, ok: bool = True, timeout: int = 900) -> subprocess
     return r
 
 
-def project_copy(dest: Path) -> None:
-    """The project's files as a fresh checkout has them (tracked and not ignored), nothing generated."""
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
-    ).stdout.decode().split("\0")
-    for f in filter(None, files):
-        src = REPO / f
+# Files a run writes into the checkout that git does not ignore: DVC's record of what `make mini` or `dvc repro`
+# produced there. An untracked one belongs to the developer's own runs, not to the project, so copies leave it out
+# (a tracked one is project state and is copied).
+RUN_RECORDS = ("dvc.lock",)
+
+
+def _git_files(root: Path, *flags: str) -> list[str]:
+    out = subprocess.run(["git", "ls-files", *flags, "-z"], cwd=root, capture_output=True, check=True).stdout
+    return [f for f in out.decode().split("\0") if f]
+
+
+def project_copy(dest: Path, root: Path = REPO) -> None:
+    """The project's files as the working tree has them (tracked, and new files not ignored), nothing generated:
+    no results, data or untracked run records (RUN_RECORDS)."""
+    files = _git_files(root, "-c") + [
+        f for f in _git_files(root, "-o", "--exclude-standard") if f not in RUN_RECORDS
+    ]
+    for f in files:
+        src = root / f
         if src.is_file() and not f.startswith(("results/", "data/")):
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / f)
