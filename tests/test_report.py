@@ -13,11 +13,13 @@ from PIL import Image
 from moe_adapters.metrics import mtil_metrics, read_matrix_csv, round1
 from moe_adapters.reporting.costs import read_costs
 from moe_adapters.reporting.tables import zero_shot_matrix
+from moe_adapters.steps.record import device_name
 
 from .chromium import Chromium, find_chromium
 from .workflow_helpers import snakemake
 
 RUN = "mini_order1"
+CPU = device_name("cpu")  # "cpu (MODEL)": the kind of CPU the steps ran on
 CIL = "cil_mini_4steps"  # the mini's class-incremental run, part of its default target
 NAMES = ["Textures", "Faces"]
 FIGURES = ["accuracy_matrix", "accuracy_per_dataset", "routing", "experts_task_0", "experts_task_1"]
@@ -114,7 +116,7 @@ def test_ledger_holds_our_means_with_config_and_commit(run):
     for x in rows:
         assert x["setting"] == RUN and x["ours"] == want[(f"{x['method']} (ours)", x["metric"])][-1]
         assert x["paper"] == "" and x["difference"] == ""  # the mini benchmark has no published numbers
-        assert (x["config"], x["commit"], x["device"]) == (evaluation["config_hash"], evaluation["commit"], "cpu")
+        assert (x["config"], x["commit"], x["device"]) == (evaluation["config_hash"], evaluation["commit"], CPU)
     text = (r / "REPRODUCIBILITY.md").read_text()
     assert f"| {RUN} | MoE-Adapters | Last | — | {rows[2]['ours']} | — | {evaluation['config_hash']} |" in text
 
@@ -127,7 +129,7 @@ def test_cost_of_every_stage(run):
     assert stages.count("evaluation") == 2 + 3  # features per test set, evaluation per task and zero-shot
     assert stages.count("pretraining") == 1
     for c in costs:
-        assert c["wall_seconds"] > 0 and c["peak_memory_bytes"] > 10 << 20 and c["device"] == "cpu", c
+        assert c["wall_seconds"] > 0 and c["peak_memory_bytes"] > 10 << 20 and c["device"] == CPU, c
         assert c["config_hash"] and c["commit"] == evaluation["commit"], c  # each step's own config slice hash
     for c in costs:
         if c["stage"] in ("training", "autoencoders", "pretraining"):

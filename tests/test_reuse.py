@@ -135,6 +135,25 @@ def test_a_changed_router_other_images_or_group_recompute(model, tokenizer, prep
     assert broken.previous == {}
 
 
+def test_a_cache_written_on_another_cpu_model_is_not_reused(model, tokenizer, prepared, tmp_path, monkeypatch):
+    """Results pulled from a machine with another CPU: its kernels may give other bits, so its features recompute."""
+    import moe_adapters.reuse as reuse
+
+    routes = routes_mixed(40)
+    path = tmp_path / "Red.safetensors"
+    sha = prepared.meta["sha256"]["test_images.npy"]
+    with monkeypatch.context() as m:
+        m.setattr(reuse, "device_name", lambda dev: "cpu (Another CPU 9000)")
+        first_checkpoint(model, tokenizer, prepared, routes, path)
+    here = RoutedFeatureCache(model, sha).load(path)
+    logits_of(model, tokenizer, prepared, routes, here)
+    assert here.reused == 0 and here.computed == int((routes != ZERO_SHOT).sum())
+    first_checkpoint(model, tokenizer, prepared, routes, path)  # written here: the same checkpoint reuses it all
+    again = RoutedFeatureCache(model, sha).load(path)
+    logits_of(model, tokenizer, prepared, routes, again)
+    assert again.computed == 0 and again.reused == int((routes != ZERO_SHOT).sum())
+
+
 @torch.no_grad()
 def test_evaluate_dataset_counts_equal_with_and_without_reuse(model, tokenizer, prepared, tmp_path):
     routes = routes_mixed(40)

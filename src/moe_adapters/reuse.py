@@ -34,6 +34,7 @@ import torch
 from .checkpoint import CheckpointError, load_tensors, save_tensors
 from .integrity import IntegrityError
 from .model.clip import hash_tensor
+from .steps.record import device_name
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def signature(model, images_sha256: str, speed=None) -> str:
         "moe_spec": asdict(model.spec),
         "images": images_sha256,
         "dtype": str(p.dtype),
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "device": device_name(dev),  # a CPU's model too: another CPU's kernels can give other bits
         "cuda": torch.version.cuda if dev.type == "cuda" else None,
         "threads": torch.get_num_threads() if dev.type == "cpu" else None,
         "torch": torch.__version__,

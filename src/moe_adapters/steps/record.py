@@ -3,6 +3,7 @@ parameters) and its provenance (the step's config slice and its hash, the commit
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,32 @@ def peak_memory(device: torch.device) -> int | None:
         return None
 
 
+@functools.cache
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name ('model name' in Linux's /proc/cpuinfo, else platform.processor()); '' where unknown."""
+    try:
+        for line in Path(cpuinfo).read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor().strip()
+
+
+def device_name(device: torch.device | str) -> str:
+    """The kind of device a step ran on: a GPU's name, or 'cpu (MODEL)'. On a CPU the model is part of it because
+    the numbers follow that CPU's kernels: runs of one config on two CPU models can differ in their last bits."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = cpu_model() if device.type == "cpu" else ""
+    return f"{device.type} ({model})" if model else device.type
+
+
 def cost(start: float, device: torch.device | str, trainable: int | None = None, elapsed: float | None = None) -> dict:
     """Wall time since `start` (or `elapsed`, every attempt of a resumed step), peak memory and device of a step."""
     import torch
@@ -33,7 +60,7 @@ def cost(start: float, device: torch.device | str, trainable: int | None = None,
     return {
         "wall_seconds": round(time.time() - start if elapsed is None else elapsed, 3),
         "peak_memory_bytes": peak_memory(device),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": device_name(device),
         **({"trainable_parameters": trainable} if trainable is not None else {}),
     }
 
