@@ -2,12 +2,13 @@
 
 import csv
 import json
+import platform
 
 import pytest
 
 from moe_adapters.cli import main
 from moe_adapters.fsutil import read_json
-from moe_adapters.steps.record import device_name
+from moe_adapters.steps.record import cost, cpu_model, device_name
 
 
 def run(*args):
@@ -165,11 +166,9 @@ def test_missing_dataset_fails_fast_with_its_name(toy_run, capsys):
 
 def test_a_cpu_step_records_the_cpu_model_as_its_device(tmp_path):
     """On a CPU the numbers follow the CPU's kernels, so its model is part of the device every cost names."""
-    from moe_adapters.steps.record import cost, cpu_model
-
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14 96-Core Processor\n")
     assert cpu_model.__wrapped__(info) == "AMD EPYC 9R14 96-Core Processor"
-    assert cpu_model.__wrapped__(tmp_path / "missing") == __import__("platform").processor().strip()
+    assert cpu_model.__wrapped__(tmp_path / "missing") == platform.processor().strip()
     assert device_name("cpu") == (f"cpu ({cpu_model()})" if cpu_model() else "cpu")
     assert cost(0.0, "cpu")["device"] == device_name("cpu")
